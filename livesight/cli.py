@@ -1,0 +1,145 @@
+"""The ``livesight`` command line: ``serve`` and ``ask``.
+
+This is the edge: the only place that reads argv and the environment. Everything below gets typed values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+
+from livesight.errors import LivesightError
+from models.loader import BUILTIN, DEFAULT_MODEL
+
+TOKEN_ENV = "LIVESIGHT_TOKEN"
+DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livesight",
+        description="A real-time streaming video assistant: live video in, streamed answers out over websockets.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser(
+        "serve",
+        help="ingest video sources and answer questions over websockets",
+        description="Ingest video sources into a rolling visual memory and answer questions about "
+        "them over the websocket API at /v1/ws (health check: GET /healthz).",
+    )
+    s.add_argument(
+        "--source",
+        action="append",
+        metavar="SRC",
+        help="NAME=URL or URL; URL is 'demo' (a generated scene) or a video file path. Repeatable. Default: demo",
+    )
+    s.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"Hugging Face model id or local directory (default {DEFAULT_MODEL}); built-in, no "
+        f"download, meaningless text: {', '.join(BUILTIN)}",
+    )
+    s.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of stream time (default 1)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8765, help="port for HTTP and websockets (default 8765)")
+    s.add_argument(
+        "--token", help=f"access token clients must send (default: ${TOKEN_ENV}, else generated and printed once)"
+    )
+    s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    s.add_argument("--budget", type=int, help="in-context visual tokens per stream (default: the model's)")
+    s.add_argument(
+        "--fast",
+        action="store_true",
+        help="read files and the demo as fast as the model ingests instead of at real time",
+    )
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    a = sub.add_parser(
+        "ask",
+        help="ask a running server a question and print the answer as it streams",
+        description="Ask a running livesight server about a stream; the answer prints as it "
+        "is generated, then a line with the context it used (on stderr).",
+    )
+    a.add_argument("question", help="the question")
+    a.add_argument("--url", default=DEFAULT_URL, help=f"websocket URL (default {DEFAULT_URL})")
+    a.add_argument("--token", help=f"access token (default: ${TOKEN_ENV})")
+    a.add_argument("--stream", required=True, help="stream name")
+    a.add_argument("--session", help="conversation id: earlier turns of it become part of the context")
+    a.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit in tokens (default 128)")
+    a.add_argument("--json", action="store_true", help="print every protocol message as a JSON line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    try:
+        if args.command == "serve":
+            return _serve(args, env)
+        return _ask(args, env)
+    except LivesightError as exc:
+        print(f"livesight: error: {exc.message}", file=sys.stderr)
+        return 2 if not exc.retryable else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from livesight.config import load_serve_config
+    from livesight.serve import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = args.token or env.get(TOKEN_ENV)
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(
+            f"livesight: access token (generated; set --token or {TOKEN_ENV} to choose one): {token}",
+            file=sys.stderr,
+            flush=True,
+        )
+    values: dict[str, object] = {
+        "model": args.model,
+        "fps": args.fps,
+        "host": args.host,
+        "port": args.port,
+        "token": token,
+        "device": args.device,
+        "budget": args.budget,
+        "realtime": not args.fast,
+    }
+    if args.source:
+        values["sources"] = args.source
+    cfg = load_serve_config(values)
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def _ask(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from livesight.client import ask
+
+    token = args.token or env.get(TOKEN_ENV)
+    if not token:
+        print(f"livesight: error: no token: pass --token or set {TOKEN_ENV}", file=sys.stderr)
+        return 2
+    asyncio.run(
+        ask(
+            args.url,
+            token,
+            args.stream,
+            args.question,
+            session=args.session,
+            max_new_tokens=args.max_new_tokens,
+            raw=args.json,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""``livesight serve``: listen first (health checks see ``starting``), load the model, start the streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from livesight.config import ServeConfig
+from livesight.engine import Engine, EngineSettings
+from livesight.errors import LivesightError
+from models.loader import choose_placement, load_model
+from stream.factory import make_source
+from stream.source import Source
+from stream.spec import SourceSpec
+from web.server import WS_PATH, App
+
+log = logging.getLogger("livesight")
+
+
+def _source(spec: SourceSpec, fps: float, realtime: bool) -> Source:
+    return make_source(spec, fps, realtime=realtime)
+
+
+async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (or SIGINT/SIGTERM). Raises :class:`LivesightError` on a startup failure."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not main thread / not supported
+            loop.add_signal_handler(sig, stop.set)
+
+    app = App(cfg.token, cfg.model)
+    await app.listen(cfg.host, cfg.port)
+    base = f"{cfg.host}:{app.port()}"
+    log.info("listening on http://%s (websocket ws://%s%s)", base, base, WS_PATH)
+    engine: Engine | None = None
+    try:
+        placement = choose_placement(cfg.device)
+        log.info("loading model %s on %s", cfg.model, placement.describe())
+        try:
+            adapter = await asyncio.to_thread(load_model, cfg.model, placement)
+        except LivesightError as exc:
+            app.failure = exc.message
+            raise
+        settings = EngineSettings(fps=cfg.fps, budget=cfg.budget, realtime=cfg.realtime, max_queue=cfg.max_queue)
+        engine = Engine(adapter, settings, _source)
+        await engine.start(cfg.sources)
+        app.engine = engine
+        log.info(
+            "ready: model %s, %d visual tokens per frame, budget %d tokens per stream, streams: %s",
+            adapter.model_id,
+            adapter.tokens_per_frame,
+            engine.budget,
+            ", ".join(engine.stream_names()),
+        )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await app.close()
+        if engine is not None:
+            await engine.close()

@@ -1,0 +1,10 @@
+"""The rolling visual memory: a pure, synchronous, deterministic core.
+
+Tensors and timestamps in, tensors out. No asyncio, no threads, no clock reads, no device choices:
+whatever device the tokens arrive on is the device they stay on.
+"""
+
+from memory.rolling import MemoryStats, RollingMemory
+from memory.segment import Segment
+
+__all__ = ["MemoryStats", "RollingMemory", "Segment"]

@@ -1,0 +1,54 @@
+"""A segment: a run of visual tokens that covers a span of stream time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """Visual tokens for the stream-time span ``[start, end]`` seconds.
+
+    Segments are immutable. A segment that is re-compressed becomes a new segment with a new ``id``, so a
+    cached model prefix can tell "only appended" from "changed" by comparing ids.
+
+    Attributes:
+        id: unique within a memory, increasing in creation order.
+        start, end: stream seconds of the first and last frame it covers.
+        frames: how many frames it stands for.
+        tokens: ``[T, D]`` visual embeddings in the language model's input space.
+        times: ``[T]`` float64 stream time of each token (a merged token: the size-weighted mean).
+        sizes: ``[T]`` int64 how many native tokens each token stands for.
+        extras: per-token attributes a model family needs, each ``[T, ...]`` (e.g. 3-D positions),
+            carried through every merge and eviction with the same assignment as ``tokens``.
+        tier: compression level (0 = native tokens).
+    """
+
+    id: int
+    start: float
+    end: float
+    frames: int
+    tokens: torch.Tensor
+    times: torch.Tensor
+    sizes: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    tier: int = 0
+
+    def __post_init__(self) -> None:
+        n = self.tokens.shape[0]
+        if self.tokens.ndim != 2 or self.times.shape != (n,) or self.sizes.shape != (n,):
+            raise ValueError(
+                f"segment shapes disagree: tokens {tuple(self.tokens.shape)}, times {tuple(self.times.shape)}, "
+                f"sizes {tuple(self.sizes.shape)}"
+            )
+        for key, value in self.extras.items():
+            if value.shape[0] != n:
+                raise ValueError(f"extra {key!r} has {value.shape[0]} rows for {n} tokens")
+        if self.end < self.start:
+            raise ValueError(f"segment ends ({self.end}) before it starts ({self.start})")
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])

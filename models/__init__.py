@@ -1,0 +1,1 @@
+"""Vision-language model adapters behind one small Protocol (see :mod:`models.adapter`)."""

@@ -1,0 +1,100 @@
+"""The model boundary: a small Protocol every model family's adapter satisfies."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from memory.segment import Segment
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One earlier question and answer of a conversation."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Visual tokens of a batch of frames.
+
+    Attributes:
+        tokens: ``[F, N, D]`` embeddings in the language model's input space.
+        extras: per-token attributes, each ``[F, N, ...]``, stored beside the tokens in memory.
+    """
+
+    tokens: torch.Tensor
+    extras: dict[str, torch.Tensor]
+
+
+class Prefix(Protocol):
+    """A cached prefix of the language model over some memory segments (adapter-specific contents)."""
+
+    @property
+    def segment_ids(self) -> tuple[int, ...]:
+        """Ids of the segments it holds, in order."""
+        ...
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache, text and visual."""
+        ...
+
+    @property
+    def start(self) -> float | None:
+        """Stream time the first segment starts at (None: no segments)."""
+        ...
+
+    @property
+    def end(self) -> float | None: ...
+
+    @property
+    def frames(self) -> int: ...
+
+    @property
+    def visual_tokens(self) -> int: ...
+
+
+class ModelAdapter(Protocol):
+    """What the engine needs of a vision-language model.
+
+    All methods are blocking and must be called from one inference thread.
+    """
+
+    model_id: str
+    tokens_per_frame: int  # native visual tokens per frame, before any compression
+    default_budget: int  # a sensible in-context token budget for this model
+
+    def encode(self, images: Sequence[np.ndarray]) -> Encoded:
+        """Encode ``F`` RGB frames (each ``[H, W, 3]`` uint8) to visual tokens."""
+        ...
+
+    def build_prefix(self, segments: Sequence[Segment]) -> Prefix:
+        """Prefill the cached context over ``segments`` (time order) from scratch."""
+        ...
+
+    def extend_prefix(self, prefix: Prefix, segments: Sequence[Segment]) -> Prefix:
+        """Append ``segments`` (newer than everything in ``prefix``) to the cached context, in place."""
+        ...
+
+    def generate(
+        self,
+        prefix: Prefix,
+        turns: Sequence[Turn],
+        question: str,
+        max_new_tokens: int,
+        cancel: threading.Event,
+    ) -> Iterator[str]:
+        """Answer ``question`` after ``turns`` over the cached context, yielding text pieces.
+
+        Stops at the end of the answer, after ``max_new_tokens`` tokens, or soon after ``cancel`` is set.
+        Leaves ``prefix`` as it found it.
+        """
+        ...

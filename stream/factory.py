@@ -1,0 +1,22 @@
+"""Building a source from a validated spec."""
+
+from __future__ import annotations
+
+from livesight.errors import ConfigError
+from stream.demo import DemoSource
+from stream.file import FileSource
+from stream.source import Source
+from stream.spec import SourceSpec
+
+
+def make_source(spec: SourceSpec, fps: float, *, realtime: bool = True) -> Source:
+    """A new, unstarted source for ``spec`` sampling ``fps`` frames per second of stream time.
+
+    ``realtime=False`` reads files and the demo scene as fast as the consumer takes frames, without
+    losing any sampled frame.
+    """
+    if spec.kind == "demo":
+        return DemoSource(spec.name, fps, realtime=realtime)
+    if spec.kind == "file":
+        return FileSource(spec.name, spec.url, fps, realtime=realtime)
+    raise ConfigError(f"no source for kind {spec.kind!r}")

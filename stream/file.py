@@ -1,0 +1,57 @@
+"""A video file replayed at its real pace (default) or as fast as the consumer takes frames."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import av
+import av.error
+
+from livesight.errors import SourceError
+from stream.source import SourceState, ThreadedSource
+
+#: Largest side of the frames a source hands on; the model downsizes further, this only bounds memory.
+MAX_SIDE = 1280
+
+
+class FileSource(ThreadedSource):
+    """Any container PyAV reads. Ends (state ``ended``) at the end of the file."""
+
+    def __init__(self, name: str, path: str, fps: float, *, realtime: bool = True) -> None:
+        super().__init__(name, os.path.basename(path), fps, lossless=not realtime)
+        self._path = path
+        self._realtime = realtime
+
+    def _run(self) -> None:
+        try:
+            container = av.open(self._path, mode="r")
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise SourceError(f"cannot open {self.display_url!r}: {exc.strerror}", retryable=False) from exc
+        except av.error.FFmpegError as exc:
+            raise SourceError(f"cannot read {self.display_url!r} as video: {exc}", retryable=False) from exc
+        with container:
+            if not container.streams.video:
+                raise SourceError(f"{self.display_url!r} has no video stream", retryable=False)
+            vstream = container.streams.video[0]
+            vstream.thread_type = "AUTO"
+            rate = float(vstream.average_rate) if vstream.average_rate else 30.0
+            self.stats.state = SourceState.LIVE
+            start = time.monotonic()
+            first: float | None = None
+            try:
+                for n, frame in enumerate(container.decode(vstream)):
+                    if self._stop.is_set():
+                        return
+                    t = float(frame.time) if frame.time is not None else n / rate
+                    first = t if first is None else first
+                    pts = t - first
+                    if not self._sampler.due(pts):
+                        continue
+                    if self._realtime and not self._sleep(start + pts - time.monotonic()):
+                        return
+                    scale = min(1.0, MAX_SIDE / max(frame.width, frame.height))
+                    w, h = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)
+                    self._emit(pts, frame.to_ndarray(format="rgb24", width=w, height=h))
+            except av.error.FFmpegError as exc:
+                raise SourceError(f"decoding {self.display_url!r} failed: {exc}", retryable=False) from exc

@@ -1,0 +1,1 @@
+"""The websocket and HTTP server (one port), the wire protocol, and the page."""

@@ -1,0 +1,162 @@
+"""One websocket client: authentication, requests, and a bounded outbox drained by its own task.
+
+The engine never waits on a client: everything it sends goes through :meth:`ClientConnection.send`,
+which only enqueues. A client that stops reading fills its outbox and is disconnected (close code 1013)
+without slowing anyone else down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from livesight.engine import Engine, Question
+from livesight.errors import BadRequest, Busy, LivesightError, Unauthorized
+from web.protocol import Ask, Auth, Cancel, ProtocolError, Streams, parse
+
+log = logging.getLogger("livesight.web")
+
+OUTBOX = 4096  # messages; a whole 1024-token answer fits several times
+AUTH_TIMEOUT_S = 10.0
+MAX_ACTIVE_PER_CLIENT = 4
+
+
+class ClientConnection:
+    def __init__(
+        self, ws: ServerConnection, engine: Engine, token: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.ws = ws
+        self.engine = engine
+        self._token = token
+        self._clock = clock
+        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=OUTBOX)
+        self._active: dict[str, Question] = {}
+        self._closing = False
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Queue a message for this client (never blocks). A full outbox disconnects the client."""
+        if self._closing:
+            return
+        try:
+            self._outbox.put_nowait(msg)
+        except asyncio.QueueFull:
+            log.warning("client %s is not reading; disconnecting it", self.ws.remote_address)
+            self._closing = True
+            self._cancel_all()
+            asyncio.get_running_loop().create_task(
+                self.ws.close(1013, "client too slow"), name=f"close-slow:{id(self)}"
+            )
+
+    def _from_engine(self, msg: dict[str, Any]) -> None:
+        """What the engine delivers for one of our questions; a final message frees its id."""
+        if msg["type"] in ("answer", "cancelled", "error"):
+            self._active.pop(str(msg["id"]), None)
+        self.send(msg)
+
+    async def _drain(self) -> None:
+        while True:
+            msg = await self._outbox.get()
+            if msg is None:
+                return
+            await self.ws.send(json.dumps(msg, separators=(",", ":")))
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._drain(), name=f"client-send:{id(self)}")
+        try:
+            if not await self._authenticate():
+                return
+            async for raw in self.ws:
+                self._handle(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._closing = True
+            self._cancel_all()
+            if self.ws.state.name == "OPEN" and not sender.done():
+                # Let what is queued (an auth error, say) go out before the connection closes.
+                with contextlib.suppress(asyncio.QueueFull):
+                    self._outbox.put_nowait(None)
+                await asyncio.wait({sender}, timeout=2.0)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+
+    async def _authenticate(self) -> bool:
+        try:
+            raw = await asyncio.wait_for(self.ws.recv(), AUTH_TIMEOUT_S)
+        except TimeoutError:
+            await self._reject('send {"type":"auth","token":...} first')
+            return False
+        try:
+            msg = parse(raw)
+        except ProtocolError:
+            msg = None
+        if not isinstance(msg, Auth):
+            await self._reject('the first message must be {"type":"auth","token":...}')
+            return False
+        if not hmac.compare_digest(msg.token.encode(), self._token.encode()):
+            await self._reject("wrong token")
+            return False
+        self.send({"type": "ready", "streams": self.engine.stream_names()})
+        return True
+
+    async def _reject(self, why: str) -> None:
+        err = Unauthorized(why)
+        await self.ws.send(
+            json.dumps({"type": "error", "id": None, "code": err.code, "message": err.message, "retryable": False})
+        )
+        await self.ws.close(1008, "unauthorized")
+
+    def _handle(self, raw: str | bytes) -> None:
+        try:
+            msg = parse(raw)
+        except ProtocolError as exc:
+            self._error(exc.msg_id, exc.error)
+            return
+        try:
+            if isinstance(msg, Ask):
+                self._ask(msg)
+            elif isinstance(msg, Cancel):
+                q = self._active.get(msg.id)
+                if q is None:
+                    raise BadRequest(f"no active question with id {msg.id!r}")
+                self.engine.cancel(q)
+            elif isinstance(msg, Streams):
+                self.send({"type": "streams", "streams": self.engine.streams_info()})
+            elif isinstance(msg, Auth):
+                raise BadRequest("already authenticated")
+        except LivesightError as exc:
+            self._error(getattr(msg, "id", None), exc)
+
+    def _ask(self, msg: Ask) -> None:
+        if msg.id in self._active:
+            raise BadRequest(f"question id {msg.id!r} is already in use on this connection")
+        if len(self._active) >= MAX_ACTIVE_PER_CLIENT:
+            raise Busy(f"at most {MAX_ACTIVE_PER_CLIENT} questions at a time per connection")
+        q = Question(
+            id=msg.id,
+            stream=msg.stream,
+            text=msg.question,
+            max_new_tokens=msg.max_new_tokens,
+            session=msg.session,
+            deliver=self._from_engine,
+            received=self._clock(),
+        )
+        self.engine.submit(q)
+        self._active[msg.id] = q
+
+    def _error(self, msg_id: str | None, exc: LivesightError) -> None:
+        self.send({"type": "error", "id": msg_id, "code": exc.code, "message": exc.message, "retryable": exc.retryable})
+
+    def _cancel_all(self) -> None:
+        for q in list(self._active.values()):
+            self.engine.cancel(q)
+        self._active.clear()
