@@ -60,7 +60,7 @@ class EmbeddingContext:
     """Prefix caching and greedy generation over ``inputs_embeds`` with explicit positions."""
 
     model: Any  # a transformers model; typed loosely because transformers is
-    tokenizer: object
+    tokenizer: Any
     device: torch.device
     dtype: torch.dtype
     stop_token_ids: frozenset[int]
@@ -89,7 +89,7 @@ class EmbeddingContext:
 
     # --- machinery -----------------------------------------------------------------------------
     def tokenize(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return torch.tensor(ids, dtype=torch.long)
 
     def embed_pieces(self, pieces: Sequence[Piece]) -> torch.Tensor:
@@ -211,12 +211,12 @@ class EmbeddingContext:
         sent = ""
         for token in self.generate_ids(own(prefix), turns, question, max_new_tokens, cancel):
             ids.append(token)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[attr-defined]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):
                 continue
             if len(text) > len(sent) and text.startswith(sent):
                 yield text[len(sent) :]
                 sent = text
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[attr-defined]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if text != sent and text.startswith(sent):
             yield text[len(sent) :]

@@ -57,8 +57,8 @@ def parse_source(text: str) -> SourceSpec:
     name: str | None = None
     url = text.strip()
     head, sep, tail = url.partition("=")
-    if sep and NAME_RE.match(head) and "://" not in head and "/" not in head:
-        name, url = head, tail.strip()
+    if sep and ":" not in head and "/" not in head and "\\" not in head:  # NAME=URL, not a path holding "="
+        name, url = check_name(head.strip()), tail.strip()
     if not url:
         raise ConfigError(f"source {text!r} has no URL")
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""

@@ -32,13 +32,19 @@ MAX_ACTIVE_PER_CLIENT = 4
 
 class ClientConnection:
     def __init__(
-        self, ws: ServerConnection, engine: Engine, token: str, clock: Callable[[], float] = time.time
+        self,
+        ws: ServerConnection,
+        engine: Engine,
+        token: str,
+        *,
+        outbox: int = OUTBOX,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ws = ws
         self.engine = engine
         self._token = token
         self._clock = clock
-        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=OUTBOX)
+        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=outbox)
         self._active: dict[str, Question] = {}
         self._closing = False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -15,7 +16,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from livesight.engine import Engine
-from web.connection import ClientConnection
+from web.connection import OUTBOX, ClientConnection
 from web.protocol import HARD_LIMIT_BYTES
 
 log = logging.getLogger("livesight.web")
@@ -37,8 +38,9 @@ def json_response(status: HTTPStatus, data: dict[str, Any]) -> Response:
 class App:
     """The server's state as HTTP sees it: starting until the engine is set, then ready."""
 
-    def __init__(self, token: str, model_id: str) -> None:
+    def __init__(self, token: str, model_id: str, *, outbox: int = OUTBOX) -> None:
         self.token = token
+        self.outbox = outbox
         self.model_id = model_id
         self.engine: Engine | None = None
         self.failure: str | None = None
@@ -84,7 +86,7 @@ class App:
         if engine is None:  # process_request already refused it; defensive for races at shutdown
             await ws.close(1013, "starting")
             return
-        await ClientConnection(ws, engine, self.token).run()
+        await ClientConnection(ws, engine, self.token, outbox=self.outbox).run()
 
     async def listen(self, host: str, port: int) -> Server:
         self._server = await serve(
@@ -94,6 +96,7 @@ class App:
             process_request=self.process_request,
             max_size=HARD_LIMIT_BYTES,
             server_header="livesight",
+            close_timeout=3,
         )
         return self._server
 
@@ -102,7 +105,8 @@ class App:
             self._server.close()
             await asyncio.wait_for(self._server.wait_closed(), 10)
 
+    def sockets(self) -> list[socket.socket]:
+        return [] if self._server is None else list(self._server.sockets)
+
     def port(self) -> int:
-        assert self._server is not None
-        sock = next(iter(self._server.sockets))
-        return int(sock.getsockname()[1])
+        return int(self.sockets()[0].getsockname()[1])

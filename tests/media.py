@@ -1,0 +1,23 @@
+"""Test media made in code with PyAV (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def write_video(path: Path, seconds: float, fps: int = 10, size: tuple[int, int] = (160, 120)) -> Path:
+    """An MPEG-4 file whose frame i is a flat grey of level (10 * i) % 250, so tests can tell frames apart."""
+    w, h = size
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(int(seconds * fps)):
+            img = np.full((h, w, 3), (10 * i) % 250, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
