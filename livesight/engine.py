@@ -158,6 +158,9 @@ class Engine:
         except LivesightError as exc:
             rt.error = exc.message
             log.warning("stream %s: offline: %s", rt.spec.name, exc.message)
+        except Exception:  # a bug in a source: this stream goes offline, the others go on
+            rt.error = "internal error in the source; see the server log"
+            log.exception("stream %s: source failed", rt.spec.name)
         finally:
             await rt.source.close()
 

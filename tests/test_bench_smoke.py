@@ -1,0 +1,36 @@
+"""The benchmark scripts run (tiny model, tiny sizes), so they do not rot between measurements."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_model_bench_runs_and_reports_every_number() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "model.py"),
+            "--json",
+            "--context",
+            "64",
+            "--repeats",
+            "1",
+            "--new-tokens",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    (row,) = report["results"]
+    assert row["model"] == "tiny-random"
+    for key in ("encode_ms_per_frame", "ttft_ms", "ttft_recompute_ms", "decode_tokens_per_s", "peak_rss_mb"):
+        assert row[key] > 0, key
+    assert row["context_frames"] == 4
