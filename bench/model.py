@@ -116,14 +116,32 @@ def main() -> None:
         return
     rows = []
     for model in args.model or ["tiny-random"]:
-        cmd = [sys.executable, __file__, "--_child", model, "--context", str(args.context),
-               "--repeats", str(args.repeats), "--new-tokens", str(args.new_tokens)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_child",
+            model,
+            "--context",
+            str(args.context),
+            "--repeats",
+            str(args.repeats),
+            "--new-tokens",
+            str(args.new_tokens),
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     machine = f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.python_version()}"
     if not args.json:
-        cols = ["model", "encode_ms_per_frame", "context_tokens", "ttft_ms", "ttft_recompute_ms", "ttft_speedup",
-                "decode_tokens_per_s", "peak_rss_mb"]
+        cols = [
+            "model",
+            "encode_ms_per_frame",
+            "context_tokens",
+            "ttft_ms",
+            "ttft_recompute_ms",
+            "ttft_speedup",
+            "decode_tokens_per_s",
+            "peak_rss_mb",
+        ]
         print(f"machine: {machine}")
         print(" | ".join(cols))
         for r in rows:
