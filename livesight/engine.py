@@ -281,7 +281,11 @@ class Engine:
                 await self._wake.wait()
                 continue
             if self._questions and (prefer_question or not has_frames):
-                await self._answer(self._questions.popleft())
+                q = self._questions.popleft()
+                try:
+                    await self._answer(q)
+                except Exception:  # the worker must outlive any one question
+                    log.exception("question %s failed outside the model", q.id)
             else:
                 batch = self._take_frames()
                 try:
