@@ -95,6 +95,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from livesight.serve import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # websockets logs every frame at debug level, the auth message and its token included.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))
     token = args.token or env.get(TOKEN_ENV)
     if not token:
         token = secrets.token_urlsafe(24)

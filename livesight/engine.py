@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from livesight.errors import BadRequest, Busy, LivesightError, UnknownStream
+from livesight.errors import BadRequest, Busy, ConfigError, LivesightError, UnknownStream
 from livesight.sessions import SessionStore
 from memory import MemoryStats, RollingMemory
 from models.adapter import ModelAdapter, Prefix, Turn
@@ -92,6 +92,11 @@ class Engine:
         self.adapter = adapter
         self.settings = settings
         self.budget = settings.budget or adapter.default_budget
+        if self.budget < adapter.tokens_per_frame:
+            raise ConfigError(
+                f"a budget of {self.budget} tokens cannot hold one frame of {adapter.model_id} "
+                f"({adapter.tokens_per_frame} tokens); use --budget {adapter.tokens_per_frame * 8} or more"
+            )
         self._make_source = make_source
         self._clock = clock
         self.sessions = sessions or SessionStore()
@@ -119,7 +124,7 @@ class Engine:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     def add_stream(self, spec: SourceSpec) -> None:
         if spec.name in self._streams:
@@ -177,8 +182,16 @@ class Engine:
         encoded = self.adapter.encode([frame.image for _, frame in batch])
         for i, (rt, frame) in enumerate(batch):
             extras = {k: v[i] for k, v in encoded.extras.items()}
-            rt.memory.add_frame(encoded.tokens[i], frame.pts, extras)
-            self._sync_prefix(rt)
+            try:
+                rt.memory.add_frame(encoded.tokens[i], frame.pts, extras)
+                self._sync_prefix(rt)
+            except Exception:
+                # Only this stream's frame is lost; the others in the batch go on. The prefix is rebuilt
+                # from memory on next use, whatever state the failure left it in.
+                log.exception("stream %s: adding frame %d failed", rt.spec.name, frame.index)
+                rt.dropped += 1
+                rt.prefix = None
+                continue
             rt.ingested += 1
             rt.last_captured_at = frame.captured_at
             rt.mem_stats = rt.memory.stats()
@@ -244,6 +257,7 @@ class Engine:
             return
         except Exception:
             log.exception("question %s on stream %s failed", q.id, q.stream)
+            rt.prefix = None  # rebuilt on next use: never answer on a cache a failure may have left behind
             q.deliver(
                 {"type": "error", "id": q.id, "code": "internal", "message": "answering failed; see the server log"}
             )

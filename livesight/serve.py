@@ -9,7 +9,7 @@ import signal
 
 from livesight.config import ServeConfig
 from livesight.engine import Engine, EngineSettings
-from livesight.errors import LivesightError
+from livesight.errors import ConfigError, LivesightError
 from models.loader import choose_placement, load_model
 from stream.factory import make_source
 from stream.source import Source
@@ -32,7 +32,10 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
 
     app = App(cfg.token, cfg.model)
-    await app.listen(cfg.host, cfg.port)
+    try:
+        await app.listen(cfg.host, cfg.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
     base = f"{cfg.host}:{app.port()}"
     log.info("listening on http://%s (websocket ws://%s%s)", base, base, WS_PATH)
     engine: Engine | None = None
@@ -58,6 +61,8 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutting down")
     finally:
-        await app.close()
-        if engine is not None:
-            await engine.close()
+        try:
+            await app.close()
+        finally:
+            if engine is not None:
+                await engine.close()

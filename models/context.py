@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from livesight.errors import TooLarge
 from memory.segment import Segment
 from models.adapter import Prefix, Turn
 
@@ -50,10 +51,17 @@ def own(prefix: Prefix) -> EmbeddingPrefix:
 
 
 def restore(prefix: EmbeddingPrefix) -> None:
-    """Drop whatever a question appended to the prefix's cache (``crop`` takes a negative count in 5.x)."""
-    extra = prefix.cache.get_seq_length() - prefix.length
-    if extra > 0:
-        prefix.cache.crop(-extra)
+    """Cut every layer of the prefix's cache back to ``prefix.length`` tokens.
+
+    Per layer, not by the cache's reported length: a forward pass that failed part-way (out of memory in
+    layer k, say) has extended only the layers before k, and cutting all layers by layer 0's excess would
+    eat into the prefix of the others. ``crop`` takes a negative count in transformers 5.x.
+    """
+    for layer in prefix.cache.layers:
+        if getattr(layer, "is_initialized", False):
+            extra = int(layer.keys.shape[-2]) - prefix.length
+            if extra > 0:
+                layer.crop(-extra)
 
 
 class EmbeddingContext:
@@ -64,6 +72,7 @@ class EmbeddingContext:
     device: torch.device
     dtype: torch.dtype
     stop_token_ids: frozenset[int]
+    max_positions: int | None = None  # the language model's position limit, when it has one
 
     # --- hooks a family supplies ---------------------------------------------------------------
     def head_text(self) -> str:
@@ -132,7 +141,11 @@ class EmbeddingContext:
         pieces: list[Piece] = []
         for seg in segments:
             pieces.extend(self.segment_pieces(seg))
-        _, n = self._prefill(pieces, prefix.cache, prefix.next_position)
+        try:
+            _, n = self._prefill(pieces, prefix.cache, prefix.next_position)
+        except BaseException:
+            restore(prefix)  # leave the prefix exactly as it was, so it stays usable
+            raise
         prefix.length += n
         prefix.next_position += n
         self._account(prefix, segments)
@@ -180,10 +193,15 @@ class EmbeddingContext:
         max_new_tokens: int,
         cancel: threading.Event,
     ) -> Iterator[int]:
-        """Greedy decoding on the cached prefix; yields token ids; restores the cache when done."""
+        """Greedy decoding on the cached prefix; yields token ids; restores the cache when done.
+
+        Earlier turns are dropped, oldest first, when the prefix, the question and ``max_new_tokens`` would
+        not fit in the model's positions; :class:`TooLarge` if even the question alone does not fit.
+        """
         cache = prefix.cache
+        suffix = self.fit_suffix(prefix, turns, question, max_new_tokens)
         try:
-            logits, n = self._prefill([self.suffix_text(turns, question)], cache, prefix.next_position)
+            logits, n = self._prefill([suffix], cache, prefix.next_position)
             pos = prefix.next_position + n
             for _ in range(max_new_tokens):
                 if cancel.is_set():
@@ -197,6 +215,23 @@ class EmbeddingContext:
                 pos += 1
         finally:
             restore(prefix)
+
+    def fit_suffix(self, prefix: EmbeddingPrefix, turns: Sequence[Turn], question: str, max_new_tokens: int) -> str:
+        """The question suffix with as many recent turns as fit in ``max_positions``."""
+        turns = list(turns)
+        while True:
+            text = self.suffix_text(turns, question)
+            if self.max_positions is None:
+                return text
+            need = prefix.next_position + len(self.tokenize(text)) + max_new_tokens
+            if need <= self.max_positions:
+                return text
+            if not turns:
+                raise TooLarge(
+                    f"the question and {max_new_tokens} new tokens do not fit after {prefix.next_position} tokens "
+                    f"of context (the model takes {self.max_positions}); ask a shorter question or fewer tokens"
+                )
+            turns.pop(0)
 
     def generate(
         self,

@@ -64,6 +64,7 @@ class SmolVLMAdapter(EmbeddingContext):
         self._patches = self._size // int(vc.patch_size)
         self.tokens_per_frame = self._patches**2 // int(model.config.scale_factor) ** 2
         self._mean, self._std = tuple(mean), tuple(std)
+        self.max_positions = int(model.config.text_config.max_position_embeddings)
         stops = {tokenizer.convert_tokens_to_ids(EOU), tokenizer.eos_token_id}
         self.stop_token_ids = frozenset(int(t) for t in stops if isinstance(t, int) and t >= 0)
 

@@ -74,12 +74,21 @@ class ThreadedSource:
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self._index = 0
+        self._pts_offset = 0.0
+        self._last_pts: float | None = None
 
     # --- producer side (reader thread) ---------------------------------------------------------
     def _run(self) -> None:
         raise NotImplementedError
 
     def _emit(self, pts: float, image: np.ndarray) -> None:
+        # Stream time never goes backwards downstream: a source whose clock jumps back (a looping or
+        # concatenated file, a camera that restarted) continues after the last frame instead.
+        pts += self._pts_offset
+        if self._last_pts is not None and pts <= self._last_pts:
+            self._pts_offset += self._last_pts - pts + self._sampler.period
+            pts = self._last_pts + self._sampler.period
+        self._last_pts = pts
         frame = Frame(stream=self.name, index=self._index, pts=pts, captured_at=time.time(), image=image)
         self._index += 1
         self.stats.frames += 1

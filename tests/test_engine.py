@@ -10,6 +10,7 @@ import torch
 
 import livesight.engine as engine_mod
 from livesight.engine import Engine, EngineSettings
+from livesight.errors import ConfigError
 from memory import RollingMemory
 from models.smolvlm import SmolVLMAdapter
 from stream.spec import parse_source
@@ -27,13 +28,12 @@ class WatchedMemory(RollingMemory):
         WatchedMemory.peak = max(WatchedMemory.peak, self.stats().tokens)
 
 
-async def until_ended(engine: Engine, name: str, timeout: float = 120.0) -> dict[str, object]:
+async def until_ingested(engine: Engine, name: str, frames: int, timeout: float = 180.0) -> dict[str, object]:
     async with asyncio.timeout(timeout):
         while True:
             info = {s["name"]: s for s in engine.streams_info()}[name]
-            if info["state"] == "ended" and engine._streams[name].pending is None:
-                await asyncio.sleep(0.2)  # the last batch may still be in the worker
-                return {s["name"]: s for s in engine.streams_info()}[name]
+            if info["state"] == "ended" and info["frames"] == frames:
+                return info
             await asyncio.sleep(0.05)
 
 
@@ -47,7 +47,7 @@ async def test_memory_never_exceeds_its_budget_over_a_long_fast_run(
     engine = Engine(tiny, EngineSettings(fps=1.0, budget=budget, realtime=False), source_factory)
     await engine.start([parse_source(f"long={video}")])
     try:
-        info = await until_ended(engine, "long")
+        info = await until_ingested(engine, "long", 300)
     finally:
         await engine.close()
     assert info["frames"] == 300 and info["dropped"] == 0  # lossless when reading as fast as possible
@@ -68,3 +68,8 @@ async def test_two_streams_share_one_worker_and_both_fill_memory(tiny: SmolVLMAd
     finally:
         await engine.close()
     assert all(t.get_name() != "inference-worker" for t in asyncio.all_tasks())
+
+
+def test_a_budget_smaller_than_one_frame_is_refused(tiny: SmolVLMAdapter) -> None:
+    with pytest.raises(ConfigError, match="cannot hold one frame"):
+        Engine(tiny, EngineSettings(budget=tiny.tokens_per_frame - 1), source_factory)

@@ -25,30 +25,40 @@ from web.protocol import MAX_MESSAGE_BYTES
 FAIL = "please fail inside the model"
 
 
-class FailingAdapter(SmolVLMAdapter):
-    """The real tiny adapter, except that one magic question makes generation raise, so the test can
-    see an ``internal`` error and check that the server survives it."""
+class RecordingAdapter(SmolVLMAdapter):
+    """The real tiny adapter, recording what each generation was given and how it ended; one magic
+    question makes it raise, so the test can see an ``internal`` error and that the server survives."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.turns_seen: dict[str, tuple[Turn, ...]] = {}
+        self.ended: dict[str, tuple[int, bool]] = {}  # question -> (pieces generated, cancelled)
 
     def generate(
         self, prefix: Prefix, turns: Sequence[Turn], question: str, max_new_tokens: int, cancel: threading.Event
     ) -> Iterator[str]:
+        self.turns_seen[question] = tuple(turns)
         if question == FAIL:
             raise RuntimeError("simulated failure inside the model")
-        return super().generate(prefix, turns, question, max_new_tokens, cancel)
+        n = 0
+        for piece in super().generate(prefix, turns, question, max_new_tokens, cancel):
+            n += 1
+            yield piece
+        self.ended[question] = (n, cancel.is_set())
 
 
 @pytest.fixture
-def failing(tiny: SmolVLMAdapter) -> FailingAdapter:
-    return FailingAdapter(tiny.model, tiny.tokenizer, "tiny-random", default_budget=1024)
+def recording(tiny: SmolVLMAdapter) -> RecordingAdapter:
+    return RecordingAdapter(tiny.model, tiny.tokenizer, "tiny-random", default_budget=1024)
 
 
 def ask(qid: str, question: str = "What do you see?", **extra: Any) -> dict[str, Any]:
     return {"type": "ask", "id": qid, "stream": "demo", "question": question, **extra}
 
 
-async def test_protocol_end_to_end(failing: FailingAdapter) -> None:
+async def test_protocol_end_to_end(recording: RecordingAdapter) -> None:
     settings = EngineSettings(fps=4.0, max_queue=2)
-    async with running_server(failing, settings) as srv:
+    async with running_server(recording, settings) as srv:
         await wait_for_frames(srv.engine, "demo", 3)
 
         # Health check on the same port.
@@ -87,25 +97,40 @@ async def test_protocol_end_to_end(failing: FailingAdapter) -> None:
             assert set(answer["timing"]) == {"queue_ms", "ttft_ms", "total_ms"}
             assert answer["timing"]["ttft_ms"] <= answer["timing"]["total_ms"]
 
-            # cancel: a long generation stops and says so
-            await c.send(ask("long", max_new_tokens=1024))
+            # cancel: a long generation, cancelled once it is under way, stops and says so
+            await c.send(ask("long", "Tell me everything.", max_new_tokens=1024))
+            await c.until(lambda m: m.get("id") == "long" and m["type"] == "token")
             await c.send({"type": "cancel", "id": "long"})
             msgs = await c.until(lambda m: m.get("id") == "long" and m["type"] in ("cancelled", "answer"))
             assert msgs[-1]["type"] == "cancelled"
+            generated, cancelled = recording.ended["Tell me everything."]
+            assert cancelled and generated < 1024
+            # cancel while still queued: answered at once, never generated
+            await c.send(ask("w1", "Wait one.", max_new_tokens=1024))
+            await c.send(ask("w2", "Wait two.", max_new_tokens=4))
+            await c.send({"type": "cancel", "id": "w2"})
+            await c.send({"type": "cancel", "id": "w1"})
+            msgs = await c.until(lambda m: m.get("id") == "w1" and m["type"] in ("cancelled", "answer"))
+            assert {m["id"] for m in msgs if m["type"] == "cancelled"} == {"w1", "w2"}
+            assert "Wait two." not in recording.turns_seen
 
             # a two-turn session: the second turn's context holds the first turn
             await c.send(ask("t1", "Is the ball red?", session="s1", max_new_tokens=8))
             first = (await c.until(lambda m: m["type"] == "answer" and m["id"] == "t1"))[-1]
             await c.send(ask("t2", "And the square?", session="s1", max_new_tokens=8))
             second = (await c.until(lambda m: m["type"] == "answer" and m["id"] == "t2"))[-1]
-            assert srv.engine.sessions.turns("demo", "s1") == (
-                Turn("Is the ball red?", first["text"]),
-                Turn("And the square?", second["text"]),
-            )
+            assert recording.turns_seen["Is the ball red?"] == ()
+            assert recording.turns_seen["And the square?"] == (Turn("Is the ball red?", first["text"]),)
+            assert srv.engine.sessions.turns("demo", "s1")[-1] == Turn("And the square?", second["text"])
+            # another session, and no session, see no history
+            await c.send(ask("t3", "Is it raining?", session="s2", max_new_tokens=4))
+            await c.until(lambda m: m["type"] == "answer" and m["id"] == "t3")
+            assert recording.turns_seen["Is it raining?"] == ()
 
             # every error code; the connection stays open through all of them
             bad: list[tuple[Any, str]] = [
                 ("not json", "bad_request"),
+                ("[" * 5000, "bad_request"),  # nested too deeply for the JSON parser
                 (b"\x00binary", "bad_request"),
                 ({"type": "dance"}, "bad_request"),
                 ({"type": "ask", "id": "m", "stream": "demo"}, "bad_request"),  # missing field
@@ -160,9 +185,9 @@ async def test_cross_origin_websocket_is_refused(tiny: SmolVLMAdapter) -> None:
 
 
 async def test_a_client_that_stops_reading_is_dropped_and_others_are_served(
-    tiny: SmolVLMAdapter, caplog: pytest.LogCaptureFixture
+    recording: RecordingAdapter, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running_server(tiny, EngineSettings(fps=2.0, max_queue=8), outbox=16) as srv:
+    async with running_server(recording, EngineSettings(fps=2.0, max_queue=8), outbox=16) as srv:
         await wait_for_frames(srv.engine, "demo", 1)
         # A slow network: small kernel buffers (accepted sockets inherit the listener's send buffer).
         for listener in srv.app.sockets():
@@ -179,7 +204,9 @@ async def test_a_client_that_stops_reading_is_dropped_and_others_are_served(
         await loop.sock_sendall(sock, b"".join(proto.data_to_send()))
         proto.receive_data(await loop.sock_recv(sock, 4096))
         assert proto.handshake_exc is None
-        for msg in [{"type": "auth", "token": TOKEN}] + [ask(f"s{i}", max_new_tokens=1024) for i in range(4)]:
+        for msg in [{"type": "auth", "token": TOKEN}] + [
+            ask(f"s{i}", f"stuck {i}", max_new_tokens=1024) for i in range(4)
+        ]:
             proto.send_text(json.dumps(msg).encode())
         await loop.sock_sendall(sock, b"".join(proto.data_to_send()))
 
@@ -190,5 +217,6 @@ async def test_a_client_that_stops_reading_is_dropped_and_others_are_served(
             assert final["id"] == "fine"
         # The stuck client was cut off for not reading, and its questions were cancelled.
         assert any("not reading" in r.getMessage() for r in caplog.records)
-        assert srv.engine.queued == 0
+        stuck_ends = [recording.ended.get(f"stuck {i}") for i in range(4)]
+        assert any(end is None or end[1] for end in stuck_ends), stuck_ends
         sock.close()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from livesight.errors import TooLarge
 from memory import RollingMemory
 from models.adapter import Turn
 from models.context import EmbeddingPrefix
@@ -106,4 +107,41 @@ def test_segment_headers_give_times(tiny: SmolVLMAdapter) -> None:
 def test_an_empty_or_tiny_memory_still_answers(tiny: SmolVLMAdapter, n: int) -> None:
     prefix = tiny.build_prefix(memory_of(tiny, n).segments() if n else ())
     assert prefix.frames == n
-    assert list(tiny.generate(prefix, [], "Hello?", 4, threading.Event())) is not None
+    ids = list(tiny.generate_ids(prefix, [], "Hello?", 4, threading.Event()))
+    assert 1 <= len(ids) <= 4 or tiny.stop_token_ids
+
+
+def test_a_failure_inside_the_language_model_leaves_the_prefix_exact(tiny: SmolVLMAdapter) -> None:
+    segs = memory_of(tiny, 3).segments()
+    prefix = tiny.build_prefix(segs)
+    layer = tiny.model.model.text_model.layers[1]
+
+    def boom(*_: object) -> None:
+        raise RuntimeError("out of memory in layer 1")
+
+    handle = layer.register_forward_hook(boom)  # layer 0 is extended, layer 1 is not
+    try:
+        with pytest.raises(RuntimeError, match="layer 1"):
+            list(tiny.generate_ids(prefix, [], "Anything?", 8, threading.Event()))
+        with pytest.raises(RuntimeError, match="layer 1"):
+            tiny.extend_prefix(prefix, memory_of(tiny, 4).segments()[3:])
+    finally:
+        handle.remove()
+    assert [lay.keys.shape[-2] for lay in prefix.cache.layers] == [prefix.length] * len(prefix.cache.layers)
+    cached = tiny.question_logits(prefix, [], "Still there?")
+    assert (cached - tiny.full_logits(segs, [], "Still there?")).abs().max().item() <= 1e-4
+
+
+def test_old_turns_are_dropped_to_fit_the_model_and_a_question_too_long_is_refused(tiny: SmolVLMAdapter) -> None:
+    prefix = tiny.build_prefix(memory_of(tiny, 2).segments())
+    assert isinstance(prefix, EmbeddingPrefix)
+    turns = [Turn("q" * 300, "a" * 300) for _ in range(5)]
+    limit = tiny.max_positions
+    try:
+        tiny.max_positions = prefix.length + 1000  # room for about one turn of ~610 tokens
+        suffix = tiny.fit_suffix(prefix, turns, "Now?", 100)
+        assert suffix.count("q" * 300) == 1
+        with pytest.raises(TooLarge):
+            list(tiny.generate_ids(prefix, turns, "x" * 2000, 100, threading.Event()))
+    finally:
+        tiny.max_positions = limit

@@ -11,7 +11,7 @@ from livesight.errors import SourceError
 from stream.demo import EVENTS, DemoSource, events_at, render
 from stream.file import FileSource
 from stream.frame import Frame
-from stream.source import Source, SourceState
+from stream.source import Source, SourceState, ThreadedSource
 from tests.media import write_video
 
 
@@ -65,3 +65,18 @@ async def test_a_file_that_is_not_video_fails_with_a_typed_error(tmp_path: Path)
         await collect(src)
     assert err.value.retryable is False and "bad.mp4" in err.value.message
     assert src.stats.state is SourceState.OFFLINE
+
+
+class RestartingClock(ThreadedSource):
+    """A source whose clock restarts: stream times 0..2.5 twice, as a looping file or a rebooted camera gives."""
+
+    def _run(self) -> None:
+        for t in [i / 2 for i in range(6)] * 2:
+            if self._sampler.due(t):
+                self._emit(t, np.zeros((4, 4, 3), np.uint8))
+
+
+async def test_stream_time_never_goes_backwards_when_a_source_clock_jumps_back() -> None:
+    src = RestartingClock("r", "restarting", fps=2.0, lossless=True)
+    pts = [f.pts for f in await collect(src)]
+    assert pts == [i / 2 for i in range(12)]

@@ -47,6 +47,7 @@ class ClientConnection:
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=outbox)
         self._active: dict[str, Question] = {}
         self._closing = False
+        self._closer: asyncio.Task[None] | None = None  # the close of a client too slow to read
 
     def send(self, msg: dict[str, Any]) -> None:
         """Queue a message for this client (never blocks). A full outbox disconnects the client."""
@@ -58,7 +59,7 @@ class ClientConnection:
             log.warning("client %s is not reading; disconnecting it", self.ws.remote_address)
             self._closing = True
             self._cancel_all()
-            asyncio.get_running_loop().create_task(
+            self._closer = asyncio.get_running_loop().create_task(
                 self.ws.close(1013, "client too slow"), name=f"close-slow:{id(self)}"
             )
 
@@ -94,11 +95,13 @@ class ClientConnection:
                 await asyncio.wait({sender}, timeout=2.0)
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
+            if self._closer is not None:
+                await asyncio.gather(self._closer, return_exceptions=True)
 
     async def _authenticate(self) -> bool:
         try:
             raw = await asyncio.wait_for(self.ws.recv(), AUTH_TIMEOUT_S)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
             await self._reject('send {"type":"auth","token":...} first')
             return False
         try:

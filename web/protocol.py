@@ -75,6 +75,8 @@ def parse(raw: str | bytes) -> Auth | Ask | Cancel | Streams:
         data: Any = json.loads(raw)
     except ValueError as exc:
         raise ProtocolError(BadRequest(f"not JSON: {exc}"), None) from None
+    except RecursionError:
+        raise ProtocolError(BadRequest("JSON nested too deeply"), None) from None
     if not isinstance(data, dict):
         raise ProtocolError(BadRequest("a message must be a JSON object with a 'type'"), None)
     msg_id = data.get("id") if isinstance(data.get("id"), str) else None

@@ -103,7 +103,10 @@ class App:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            await asyncio.wait_for(self._server.wait_closed(), 10)
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 10)
+            except asyncio.TimeoutError:
+                log.warning("some connections did not close within 10 s; leaving them")
 
     def sockets(self) -> list[socket.socket]:
         return [] if self._server is None else list(self._server.sockets)
