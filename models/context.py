@@ -5,16 +5,19 @@ segment), the visual encoder and, where the family needs them, its own positions
 rest: interleave text and visual embeddings, prefill a KV cache with explicit positions, extend it as
 segments arrive, and answer questions on it without disturbing it.
 
-Position policy (1-D families): the prefix holds positions ``0 .. length-1`` contiguously; appended
-segments continue from ``next_position``; a question continues from the prefix. A rebuilt prefix (after
-eviction or re-compression) is renumbered from 0. Under this policy a question answered on the cached
-prefix gives the same logits as one full forward pass over the same pieces (tested).
+Position policy: every piece advances a running position. Text and 1-D visual tokens take one
+position each (the prefix holds ``0 .. length-1``); a family with 3-D positions (Qwen's M-RoPE) places a
+:class:`Visual` piece on its own grid and advances by less than its length, so ``next_position`` is kept
+apart from the cache length. Appended segments continue from ``next_position``; a question continues
+from the prefix. A rebuilt prefix (after eviction or re-compression) is renumbered from 0. Under this
+policy a question answered on the cached prefix gives the same logits as one full forward pass over the
+same pieces (tested for every family).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +27,45 @@ from transformers import DynamicCache
 from memory.segment import Segment
 from models.adapter import Prefix, Turn
 
-#: A prompt is a list of pieces: text, or a ``[T, D]`` tensor of visual embeddings.
-Piece = str | torch.Tensor
+
+@dataclass(frozen=True, slots=True)
+class Visual:
+    """Visual tokens with the per-token attributes their family needs (3-D positions, DeepStack features).
+
+    Attributes:
+        tokens: ``[T, D]`` embeddings.
+        extras: each ``[T, ...]``, in the same order as ``tokens``.
+    """
+
+    tokens: torch.Tensor
+    extras: Mapping[str, torch.Tensor]
+
+
+#: A prompt is a list of pieces: text, a ``[T, D]`` tensor of visual embeddings, or a :class:`Visual`.
+Piece = str | torch.Tensor | Visual
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One language-model forward's input, assembled from pieces.
+
+    Attributes:
+        embeds: ``[1, L, D]`` on the model's device and dtype.
+        positions: ``[1, L]`` (1-D) or ``[3, 1, L]`` (M-RoPE).
+        visual: ``[L]`` bool, True at visual tokens.
+        extras: attributes of the visual tokens, concatenated in order, each ``[V, ...]`` (V visual tokens).
+        end: the running position after the chunk (where the next piece starts).
+    """
+
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    visual: torch.Tensor
+    extras: dict[str, torch.Tensor]
+    end: int
+
+    @property
+    def length(self) -> int:
+        return int(self.embeds.shape[1])
 
 
 @dataclass
@@ -87,41 +127,77 @@ class EmbeddingContext:
         Returns float logits, ``[1, L, V]`` if ``all_logits`` else ``[1, 1, V]`` (the last position)."""
         raise NotImplementedError
 
+    def positions(self, start: int, length: int) -> torch.Tensor:
+        """Positions of ``length`` text tokens from ``start``: ``[1, L]`` here; M-RoPE families give
+        ``[3, 1, L]``."""
+        return torch.arange(start, start + length, device=self.device).unsqueeze(0)
+
+    def visual_positions(self, visual: Visual, start: int) -> tuple[torch.Tensor, int]:
+        """Positions of a visual piece placed at ``start``, and the running position after it.
+        1-D families: one position per token."""
+        n = int(visual.tokens.shape[0])
+        return self.positions(start, n), start + n
+
+    def run(self, chunk: Chunk, cache: DynamicCache, *, all_logits: bool) -> torch.Tensor:
+        """Run the language model on ``chunk`` (see :meth:`forward`); families that inject per-token
+        features into the decoder (DeepStack) override this."""
+        return self.forward(chunk.embeds, chunk.positions, cache, all_logits=all_logits)
+
     # --- machinery -----------------------------------------------------------------------------
     def tokenize(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return torch.tensor(ids, dtype=torch.long)
 
-    def embed_pieces(self, pieces: Sequence[Piece]) -> torch.Tensor:
-        """Pieces -> ``[L, D]`` embeddings on the model's device and dtype."""
-        parts = []
+    def assemble(self, pieces: Sequence[Piece], start: int) -> Chunk:
+        """Pieces -> embeddings, positions and visual attributes, starting at position ``start``."""
+        embeds: list[torch.Tensor] = []
+        positions: list[torch.Tensor] = []
+        visual: list[torch.Tensor] = []
+        extras: dict[str, list[torch.Tensor]] = {}
+        pos = start
         for piece in pieces:
             if isinstance(piece, str):
-                if piece:
-                    parts.append(self.embed_ids(self.tokenize(piece).to(self.device)))
-            else:
-                parts.append(piece.to(self.device, self.dtype))
-        return torch.cat(parts, dim=0)
+                if not piece:
+                    continue
+                ids = self.tokenize(piece).to(self.device)
+                embeds.append(self.embed_ids(ids))
+                positions.append(self.positions(pos, len(ids)))
+                visual.append(torch.zeros(len(ids), dtype=torch.bool))
+                pos += len(ids)
+                continue
+            vis = piece if isinstance(piece, Visual) else Visual(piece, {})
+            embeds.append(vis.tokens.to(self.device, self.dtype))
+            where, pos = self.visual_positions(vis, pos)
+            positions.append(where)
+            visual.append(torch.ones(vis.tokens.shape[0], dtype=torch.bool))
+            for key, value in vis.extras.items():
+                extras.setdefault(key, []).append(value)
+        return Chunk(
+            embeds=torch.cat(embeds, dim=0).unsqueeze(0),
+            positions=torch.cat(positions, dim=-1),
+            visual=torch.cat(visual).to(self.device),
+            extras={k: torch.cat(v, dim=0).to(self.device) for k, v in extras.items()},
+            end=pos,
+        )
 
-    def positions(self, start: int, length: int) -> torch.Tensor:
-        return torch.arange(start, start + length, device=self.device).unsqueeze(0)
+    def embed_pieces(self, pieces: Sequence[Piece]) -> torch.Tensor:
+        """Pieces -> ``[L, D]`` embeddings on the model's device and dtype."""
+        return self.assemble(pieces, 0).embeds[0]
 
     @torch.inference_mode()
     def _prefill(
         self, pieces: Sequence[Piece], cache: DynamicCache, start: int, *, all_logits: bool = False
-    ) -> tuple[torch.Tensor, int]:
-        embeds = self.embed_pieces(pieces)
-        n = int(embeds.shape[0])
-        logits = self.forward(embeds.unsqueeze(0), self.positions(start, n), cache, all_logits=all_logits)
-        return logits, n
+    ) -> tuple[torch.Tensor, Chunk]:
+        chunk = self.assemble(pieces, start)
+        return self.run(chunk, cache, all_logits=all_logits), chunk
 
     def build_prefix(self, segments: Sequence[Segment]) -> EmbeddingPrefix:
         cache = DynamicCache()
         pieces: list[Piece] = [self.head_text()]
         for seg in segments:
             pieces.extend(self.segment_pieces(seg))
-        _, n = self._prefill(pieces, cache, 0)
-        prefix = EmbeddingPrefix(cache=cache, length=n, next_position=n, segment_ids=())
+        _, chunk = self._prefill(pieces, cache, 0)
+        prefix = EmbeddingPrefix(cache=cache, length=chunk.length, next_position=chunk.end, segment_ids=())
         self._account(prefix, segments)
         return prefix
 
@@ -132,9 +208,9 @@ class EmbeddingContext:
         pieces: list[Piece] = []
         for seg in segments:
             pieces.extend(self.segment_pieces(seg))
-        _, n = self._prefill(pieces, prefix.cache, prefix.next_position)
-        prefix.length += n
-        prefix.next_position += n
+        _, chunk = self._prefill(pieces, prefix.cache, prefix.next_position)
+        prefix.length += chunk.length
+        prefix.next_position = chunk.end
         self._account(prefix, segments)
         return prefix
 
@@ -166,7 +242,7 @@ class EmbeddingContext:
         pieces: list[Piece] = [self.head_text()]
         for seg in segments:
             pieces.extend(self.segment_pieces(seg))
-        n_prefix = int(self.embed_pieces(pieces).shape[0])
+        n_prefix = self.assemble(pieces, 0).length
         pieces.append(self.suffix_text(turns, question))
         logits, _ = self._prefill(pieces, DynamicCache(), 0, all_logits=True)
         return logits[0, n_prefix:]
@@ -183,8 +259,8 @@ class EmbeddingContext:
         """Greedy decoding on the cached prefix; yields token ids; restores the cache when done."""
         cache = prefix.cache
         try:
-            logits, n = self._prefill([self.suffix_text(turns, question)], cache, prefix.next_position)
-            pos = prefix.next_position + n
+            logits, chunk = self._prefill([self.suffix_text(turns, question)], cache, prefix.next_position)
+            pos = chunk.end
             for _ in range(max_new_tokens):
                 if cancel.is_set():
                     return
