@@ -103,12 +103,15 @@ def frames(n: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeat: int = 3) -> tuple[float, Any]:
+REPEAT = 3  # timed runs per measurement (best of), after one warm-up; --repeat sets it
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeat: int | None = None) -> tuple[float, Any]:
     """Best wall time of ``repeat`` runs (after one warm-up), in seconds, and the last result."""
     out = fn()
     sync(device)
     best = math.inf
-    for _ in range(repeat):
+    for _ in range(repeat or REPEAT):
         t0 = time.perf_counter()
         out = fn()
         sync(device)
@@ -189,7 +192,7 @@ def bench(
         def prefill(segs: list[Segment] = segs) -> Any:
             return ad.build_prefix(segs)
 
-        pre_s, prefix = timed(prefill, device, repeat=1)
+        pre_s, prefix = timed(prefill, device)
 
         def first_token(prefix: Any = prefix) -> int:
             return next(iter(ad.generate_ids(prefix, [], "What is happening now?", 1, cancel)))
@@ -202,8 +205,8 @@ def bench(
     def decode() -> int:
         return sum(1 for _ in ad.generate_ids(prefix, [], "Describe it.", args.decode + 1, cancel))
 
-    dec_s, produced = timed(decode, device, repeat=1)
-    first_s, _ = timed(lambda: next(iter(ad.generate_ids(prefix, [], "Describe it.", 1, cancel))), device, repeat=1)
+    dec_s, produced = timed(decode, device)
+    first_s, _ = timed(lambda: next(iter(ad.generate_ids(prefix, [], "Describe it.", 1, cancel))), device)
     row["decode_tok_s"] = round((produced - 1) / max(dec_s - first_s, 1e-9), 1)
     row["peak_mb"] = round(peak_mb(device))
     return row
@@ -211,7 +214,11 @@ def bench(
 
 def table(rows: list[dict[str, Any]], contexts: list[int]) -> str:
     cols = ["model", "device", "tokens_per_frame", "encode_fps", "merge_fps", "encode_merge_fps"]
-    cols += [f"prefill_ms@{c}" for c in contexts] + [f"ttft_ms@{c}" for c in contexts] + ["decode_tok_s", "peak_mb"]
+    cols += (
+        [f"prefill_ms@{c}" for c in contexts]
+        + [f"ttft_ms@{c}" for c in contexts]
+        + ["ttft_vs_smolvlm", "decode_tok_s", "peak_mb"]
+    )
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("-" if r.get(c) is None else str(r[c]) for c in cols) + " |")
@@ -225,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contexts", default=None, help="visual tokens in memory, comma-separated")
     parser.add_argument("--frames", type=int, default=8, help="frames per encode batch (default 8)")
     parser.add_argument("--decode", type=int, default=32, help="tokens to generate for decode speed (default 32)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement, best of (default 3)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     args = parser.parse_args(argv)
+    global REPEAT
+    REPEAT = args.repeat
+    if args.threads:
+        torch.set_num_threads(args.threads)
     families = [f for f in args.families.split(",") if f]
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
@@ -244,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             size_rows.append(bench(family, size, placement, args, contexts))
             if placement.device.type == "cuda":
                 torch.cuda.empty_cache()  # the previous model is gone; do not count its blocks as ours
+        # Ratios against the SmolVLM path measured in the same run: comparable across loaded machines.
+        base = next((r for r in size_rows if r["family"] == "smolvlm"), None)
+        for r in size_rows:
+            key = f"ttft_ms@{contexts[-1]}"
+            r["ttft_vs_smolvlm"] = round(r[key] / base[key], 2) if base else None
         print(table(size_rows, contexts))
         rows += size_rows
     machine = {
@@ -251,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
     }
     print(json.dumps({"bench": "gpu", "machine": machine, "results": rows}))
     return 0

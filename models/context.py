@@ -155,6 +155,7 @@ class EmbeddingContext:
         visual: list[torch.Tensor] = []
         extras: dict[str, list[torch.Tensor]] = {}
         pos = start
+        n_visual = 0
         for piece in pieces:
             if isinstance(piece, str):
                 if not piece:
@@ -170,8 +171,12 @@ class EmbeddingContext:
             where, pos = self.visual_positions(vis, pos)
             positions.append(where)
             visual.append(torch.ones(vis.tokens.shape[0], dtype=torch.bool))
+            n_visual += int(vis.tokens.shape[0])
             for key, value in vis.extras.items():
                 extras.setdefault(key, []).append(value)
+        for key, parts in extras.items():
+            if sum(int(p.shape[0]) for p in parts) != n_visual:
+                raise ValueError(f"visual attribute {key!r} is missing on some visual pieces of the prompt")
         return Chunk(
             embeds=torch.cat(embeds, dim=0).unsqueeze(0),
             positions=torch.cat(positions, dim=-1),
