@@ -21,11 +21,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
 from memory.segment import Segment
-from models.adapter import Prefix, Turn
+from models.adapter import Encoded, Prefix, Turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +105,15 @@ class EmbeddingContext:
     device: torch.device
     dtype: torch.dtype
     stop_token_ids: frozenset[int]
+    model_id: str
+    tokens_per_frame: int
+    default_budget: int
 
     # --- hooks a family supplies ---------------------------------------------------------------
+    def encode(self, images: Sequence[np.ndarray]) -> Encoded:
+        """``F`` RGB frames -> visual tokens (see :meth:`models.adapter.ModelAdapter.encode`)."""
+        raise NotImplementedError
+
     def head_text(self) -> str:
         raise NotImplementedError
 

@@ -13,6 +13,7 @@ import torch
 
 from memory import RollingMemory, Segment
 from models.context import EmbeddingContext, Piece
+from models.llava_onevision import LlavaOneVisionAdapter
 from models.loader import choose_placement, load_model
 from models.preprocess import to_pixel_values
 from models.qwen2_5_vl import QwenVLAdapter
@@ -56,16 +57,17 @@ def library_logits(ad: EmbeddingContext, segs: list[Segment], images: list[np.nd
     tok = ad.tokenizer
     kwargs: dict[str, torch.Tensor]
     if isinstance(ad, SmolVLMAdapter):
-        placeholder = tok.convert_tokens_to_ids("<image>")  # type: ignore[attr-defined]
+        placeholder = tok.convert_tokens_to_ids("<image>")
         size = int(ad.model.config.vision_config.image_size)
         kwargs = {"pixel_values": to_pixel_values(images, (size, size), (0.5,) * 3, (0.5,) * 3)[None]}
     elif isinstance(ad, QwenVLAdapter):
-        placeholder = tok.convert_tokens_to_ids("<|image_pad|>")  # type: ignore[attr-defined]
+        placeholder = tok.convert_tokens_to_ids("<|image_pad|>")
         pixels, grid = ad.pixels(images)
         kwargs = {"pixel_values": pixels, "image_grid_thw": grid}
     else:
-        placeholder = tok.convert_tokens_to_ids("<video>")  # type: ignore[attr-defined]
-        kwargs = {"pixel_values_videos": ad.pixels(images)}  # type: ignore[attr-defined]
+        assert isinstance(ad, LlavaOneVisionAdapter)  # LLaVA-NeXT-Video's adapter extends it
+        placeholder = tok.convert_tokens_to_ids("<video>")
+        kwargs = {"pixel_values_videos": ad.pixels(images)}
     pieces: list[Piece] = [ad.head_text()]
     for seg in segs:
         pieces.extend(ad.segment_pieces(seg))

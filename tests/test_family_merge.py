@@ -65,9 +65,8 @@ def _local_merge(
 
 def merge_function() -> Callable[..., Any]:
     if importlib.util.find_spec("memory.merge") is not None:
-        from memory.merge import merge_tokens
-
-        return merge_tokens
+        merge: Any = importlib.import_module("memory.merge")
+        return merge.merge_tokens
     return _local_merge
 
 

@@ -8,6 +8,7 @@ import torch
 from memory import Segment
 from models.context import Visual
 from models.mrope import grid_offsets, place, segment_offsets, text_positions
+from models.qwen2_5_vl import QwenVLAdapter
 from tests.families import QWEN, adapter, frames, segments
 
 
@@ -61,8 +62,13 @@ def test_prompt_positions_equal_the_librarys_rope_index(name: str) -> None:
     placeholder = ad.model.config.image_token_id
     ids = []
     for piece in pieces:
-        ids += ad.tokenize(piece).tolist() if isinstance(piece, str) else [placeholder] * piece.tokens.shape[0]
+        if isinstance(piece, str):
+            ids += ad.tokenize(piece).tolist()
+        else:
+            assert isinstance(piece, Visual)
+            ids += [placeholder] * int(piece.tokens.shape[0])
     input_ids = torch.tensor([ids])
+    assert isinstance(ad, QwenVLAdapter)
     _, grid_thw = ad.pixels(frames(2))
     library, _ = ad.model.model.get_rope_index(input_ids, (input_ids == placeholder).int(), image_grid_thw=grid_thw)
     assert torch.equal(library, chunk.positions)
