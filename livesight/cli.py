@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", help=f"access token clients must send (default: ${TOKEN_ENV}, else generated and printed once)"
     )
     s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    s.add_argument(
+        "--load-4bit",
+        action="store_true",
+        help="load the model's weights in 4 bits (CUDA; needs pip install 'livesight[bnb]')",
+    )
     s.add_argument("--budget", type=int, help="in-context visual tokens per stream (default: the model's)")
     s.add_argument(
         "--fast",
@@ -113,6 +118,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "token": token,
         "device": args.device,
         "budget": args.budget,
+        "load_4bit": args.load_4bit,
         "realtime": not args.fast,
     }
     if args.source:

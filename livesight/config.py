@@ -27,6 +27,7 @@ class ServeConfig(BaseModel):
         min_length=8, max_length=512, repr=False, description="the shared secret clients authenticate with"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    load_4bit: bool = Field(False, description="4-bit weights through bitsandbytes (CUDA, the bnb extra)")
     budget: int | None = Field(None, ge=64, le=1_000_000, description="in-context visual tokens per stream")
     realtime: bool = Field(True, description="pace files and the demo at real time (False: as fast as possible)")
     max_queue: int = Field(16, ge=1, le=1024, description="questions waiting, all clients together")

@@ -40,7 +40,7 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
     log.info("listening on http://%s (websocket ws://%s%s)", base, base, WS_PATH)
     engine: Engine | None = None
     try:
-        placement = choose_placement(cfg.device)
+        placement = choose_placement(cfg.device, load_4bit=cfg.load_4bit)
         log.info("loading model %s on %s", cfg.model, placement.describe())
         try:
             adapter = await asyncio.to_thread(load_model, cfg.model, placement)

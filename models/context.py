@@ -5,28 +5,69 @@ segment), the visual encoder and, where the family needs them, its own positions
 rest: interleave text and visual embeddings, prefill a KV cache with explicit positions, extend it as
 segments arrive, and answer questions on it without disturbing it.
 
-Position policy (1-D families): the prefix holds positions ``0 .. length-1`` contiguously; appended
-segments continue from ``next_position``; a question continues from the prefix. A rebuilt prefix (after
-eviction or re-compression) is renumbered from 0. Under this policy a question answered on the cached
-prefix gives the same logits as one full forward pass over the same pieces (tested).
+Position policy: every piece advances a running position. Text and 1-D visual tokens take one
+position each (the prefix holds ``0 .. length-1``); a family with 3-D positions (Qwen's M-RoPE) places a
+:class:`Visual` piece on its own grid and advances by less than its length, so ``next_position`` is kept
+apart from the cache length. Appended segments continue from ``next_position``; a question continues
+from the prefix. A rebuilt prefix (after eviction or re-compression) is renumbered from 0. Under this
+policy a question answered on the cached prefix gives the same logits as one full forward pass over the
+same pieces (tested for every family).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
 from livesight.errors import TooLarge
 from memory.segment import Segment
-from models.adapter import Prefix, Turn
+from models.adapter import Encoded, Prefix, Turn
 
-#: A prompt is a list of pieces: text, or a ``[T, D]`` tensor of visual embeddings.
-Piece = str | torch.Tensor
+
+@dataclass(frozen=True, slots=True)
+class Visual:
+    """Visual tokens with the per-token attributes their family needs (3-D positions, DeepStack features).
+
+    Attributes:
+        tokens: ``[T, D]`` embeddings.
+        extras: each ``[T, ...]``, in the same order as ``tokens``.
+    """
+
+    tokens: torch.Tensor
+    extras: Mapping[str, torch.Tensor]
+
+
+#: A prompt is a list of pieces: text, a ``[T, D]`` tensor of visual embeddings, or a :class:`Visual`.
+Piece = str | torch.Tensor | Visual
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One language-model forward's input, assembled from pieces.
+
+    Attributes:
+        embeds: ``[1, L, D]`` on the model's device and dtype.
+        positions: ``[1, L]`` (1-D) or ``[3, 1, L]`` (M-RoPE).
+        visual: ``[L]`` bool, True at visual tokens.
+        extras: attributes of the visual tokens, concatenated in order, each ``[V, ...]`` (V visual tokens).
+        end: the running position after the chunk (where the next piece starts).
+    """
+
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    visual: torch.Tensor
+    extras: dict[str, torch.Tensor]
+    end: int
+
+    @property
+    def length(self) -> int:
+        return int(self.embeds.shape[1])
 
 
 @dataclass
@@ -73,8 +114,15 @@ class EmbeddingContext:
     dtype: torch.dtype
     stop_token_ids: frozenset[int]
     max_positions: int | None = None  # the language model's position limit, when it has one
+    model_id: str
+    tokens_per_frame: int
+    default_budget: int
 
     # --- hooks a family supplies ---------------------------------------------------------------
+    def encode(self, images: Sequence[np.ndarray]) -> Encoded:
+        """``F`` RGB frames -> visual tokens (see :meth:`models.adapter.ModelAdapter.encode`)."""
+        raise NotImplementedError
+
     def head_text(self) -> str:
         raise NotImplementedError
 
@@ -96,41 +144,82 @@ class EmbeddingContext:
         Returns float logits, ``[1, L, V]`` if ``all_logits`` else ``[1, 1, V]`` (the last position)."""
         raise NotImplementedError
 
+    def positions(self, start: int, length: int) -> torch.Tensor:
+        """Positions of ``length`` text tokens from ``start``: ``[1, L]`` here; M-RoPE families give
+        ``[3, 1, L]``."""
+        return torch.arange(start, start + length, device=self.device).unsqueeze(0)
+
+    def visual_positions(self, visual: Visual, start: int) -> tuple[torch.Tensor, int]:
+        """Positions of a visual piece placed at ``start``, and the running position after it.
+        1-D families: one position per token."""
+        n = int(visual.tokens.shape[0])
+        return self.positions(start, n), start + n
+
+    def run(self, chunk: Chunk, cache: DynamicCache, *, all_logits: bool) -> torch.Tensor:
+        """Run the language model on ``chunk`` (see :meth:`forward`); families that inject per-token
+        features into the decoder (DeepStack) override this."""
+        return self.forward(chunk.embeds, chunk.positions, cache, all_logits=all_logits)
+
     # --- machinery -----------------------------------------------------------------------------
     def tokenize(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return torch.tensor(ids, dtype=torch.long)
 
-    def embed_pieces(self, pieces: Sequence[Piece]) -> torch.Tensor:
-        """Pieces -> ``[L, D]`` embeddings on the model's device and dtype."""
-        parts = []
+    def assemble(self, pieces: Sequence[Piece], start: int) -> Chunk:
+        """Pieces -> embeddings, positions and visual attributes, starting at position ``start``."""
+        embeds: list[torch.Tensor] = []
+        positions: list[torch.Tensor] = []
+        visual: list[torch.Tensor] = []
+        extras: dict[str, list[torch.Tensor]] = {}
+        pos = start
+        n_visual = 0
         for piece in pieces:
             if isinstance(piece, str):
-                if piece:
-                    parts.append(self.embed_ids(self.tokenize(piece).to(self.device)))
-            else:
-                parts.append(piece.to(self.device, self.dtype))
-        return torch.cat(parts, dim=0)
+                if not piece:
+                    continue
+                ids = self.tokenize(piece).to(self.device)
+                embeds.append(self.embed_ids(ids))
+                positions.append(self.positions(pos, len(ids)))
+                visual.append(torch.zeros(len(ids), dtype=torch.bool))
+                pos += len(ids)
+                continue
+            vis = piece if isinstance(piece, Visual) else Visual(piece, {})
+            embeds.append(vis.tokens.to(self.device, self.dtype))
+            where, pos = self.visual_positions(vis, pos)
+            positions.append(where)
+            visual.append(torch.ones(vis.tokens.shape[0], dtype=torch.bool))
+            n_visual += int(vis.tokens.shape[0])
+            for key, value in vis.extras.items():
+                extras.setdefault(key, []).append(value)
+        for key, parts in extras.items():
+            if sum(int(p.shape[0]) for p in parts) != n_visual:
+                raise ValueError(f"visual attribute {key!r} is missing on some visual pieces of the prompt")
+        return Chunk(
+            embeds=torch.cat(embeds, dim=0).unsqueeze(0),
+            positions=torch.cat(positions, dim=-1),
+            visual=torch.cat(visual).to(self.device),
+            extras={k: torch.cat(v, dim=0).to(self.device) for k, v in extras.items()},
+            end=pos,
+        )
 
-    def positions(self, start: int, length: int) -> torch.Tensor:
-        return torch.arange(start, start + length, device=self.device).unsqueeze(0)
+    def embed_pieces(self, pieces: Sequence[Piece]) -> torch.Tensor:
+        """Pieces -> ``[L, D]`` embeddings on the model's device and dtype."""
+        return self.assemble(pieces, 0).embeds[0]
 
     @torch.inference_mode()
     def _prefill(
         self, pieces: Sequence[Piece], cache: DynamicCache, start: int, *, all_logits: bool = False
-    ) -> tuple[torch.Tensor, int]:
-        embeds = self.embed_pieces(pieces)
-        n = int(embeds.shape[0])
-        logits = self.forward(embeds.unsqueeze(0), self.positions(start, n), cache, all_logits=all_logits)
-        return logits, n
+    ) -> tuple[torch.Tensor, Chunk]:
+        chunk = self.assemble(pieces, start)
+        return self.run(chunk, cache, all_logits=all_logits), chunk
 
     def build_prefix(self, segments: Sequence[Segment]) -> EmbeddingPrefix:
         cache = DynamicCache()
         pieces: list[Piece] = [self.head_text()]
         for seg in segments:
             pieces.extend(self.segment_pieces(seg))
-        _, n = self._prefill(pieces, cache, 0)
-        prefix = EmbeddingPrefix(cache=cache, length=n, next_position=n, segment_ids=())
+        _, chunk = self._prefill(pieces, cache, 0)
+        prefix = EmbeddingPrefix(cache=cache, length=chunk.length, next_position=chunk.end, segment_ids=())
         self._account(prefix, segments)
         return prefix
 
@@ -142,12 +231,12 @@ class EmbeddingContext:
         for seg in segments:
             pieces.extend(self.segment_pieces(seg))
         try:
-            _, n = self._prefill(pieces, prefix.cache, prefix.next_position)
+            _, chunk = self._prefill(pieces, prefix.cache, prefix.next_position)
         except BaseException:
             restore(prefix)  # leave the prefix exactly as it was, so it stays usable
             raise
-        prefix.length += n
-        prefix.next_position += n
+        prefix.length += chunk.length
+        prefix.next_position = chunk.end
         self._account(prefix, segments)
         return prefix
 
@@ -179,7 +268,7 @@ class EmbeddingContext:
         pieces: list[Piece] = [self.head_text()]
         for seg in segments:
             pieces.extend(self.segment_pieces(seg))
-        n_prefix = int(self.embed_pieces(pieces).shape[0])
+        n_prefix = self.assemble(pieces, 0).length
         pieces.append(self.suffix_text(turns, question))
         logits, _ = self._prefill(pieces, DynamicCache(), 0, all_logits=True)
         return logits[0, n_prefix:]
@@ -201,8 +290,8 @@ class EmbeddingContext:
         cache = prefix.cache
         suffix = self.fit_suffix(prefix, turns, question, max_new_tokens)
         try:
-            logits, n = self._prefill([suffix], cache, prefix.next_position)
-            pos = prefix.next_position + n
+            logits, chunk = self._prefill([suffix], cache, prefix.next_position)
+            pos = chunk.end
             for _ in range(max_new_tokens):
                 if cancel.is_set():
                     return
