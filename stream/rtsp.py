@@ -187,6 +187,7 @@ class RtspSource(ThreadedSource):
 
     def _read(self, container: Any, vstream: Any) -> None:
         rule = KeyframeRule(self._sampler.period, self._decode)
+        self.keyframes_only = False  # a new decoder starts decoding everything
         ctx = vstream.codec_context
         base = vstream.time_base
         last_frame = self._clock()  # the watchdog's reference: the open counts as progress
