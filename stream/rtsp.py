@@ -7,7 +7,8 @@ camera ending the stream, no frames for ``stall_timeout``) ``reconnecting``, and
 
 Stalls are caught twice: PyAV's ``timeout=(open, read)`` interrupts an open or a read that blocks (a
 frozen camera keeps its TCP connection open but sends nothing), and a frame watchdog in the read loop
-reconnects when bytes still arrive but no frame decodes (a camera sending only keep-alives or garbage).
+reconnects when packets still arrive but no frame decodes for ``stall_timeout`` (plus one keyframe
+interval while decoding keyframes only): a camera sending undecodable data, or no keyframe.
 
 Keyframes only: when every keyframe interval seen on this connection is at most the sampling period
 (5% slack), each sampling slot still gets a frame within one period, so the decoder skips every
@@ -59,6 +60,11 @@ class KeyframeRule:
         self.mode = mode
         self._last: float | None = None
         self._gaps: deque[float] = deque(maxlen=window)
+
+    @property
+    def longest_gap(self) -> float:
+        """The longest recent keyframe interval in seconds (0 before two keyframes)."""
+        return max(self._gaps, default=0.0)
 
     def keyframe(self, t: float) -> bool:
         """Record a keyframe at stream time ``t`` seconds; returns whether to skip non-keyframes now."""
@@ -187,16 +193,21 @@ class RtspSource(ThreadedSource):
 
     def _read(self, container: Any, vstream: Any) -> None:
         rule = KeyframeRule(self._sampler.period, self._decode)
-        self.keyframes_only = False  # a new decoder starts decoding everything
         ctx = vstream.codec_context
         base = vstream.time_base
+        # A new decoder decodes everything unless told to skip from the start.
+        self.keyframes_only = self._decode == "keyframes"
+        if self.keyframes_only:
+            ctx.skip_frame = "NONKEY"
         last_frame = self._clock()  # the watchdog's reference: the open counts as progress
         timeline: Timeline | None = None
         for packet in container.demux(vstream):
             if self._stop.is_set():
                 return
             now = self._clock()
-            if now - last_frame > self._stall_timeout:
+            # Decoding keyframes only, frames come one GOP apart: that is no stall.
+            limit = self._stall_timeout + (rule.longest_gap if self.keyframes_only else 0.0)
+            if now - last_frame > limit:
                 raise SourceError(f"no frame from {self.display_url} for {now - last_frame:.1f} s", retryable=True)
             if packet.is_keyframe and packet.pts is not None and base is not None:
                 skip = rule.keyframe(float(packet.pts * base))

@@ -23,8 +23,8 @@ from models.adapter import ModelAdapter
 from models.loader import choose_placement, load_model
 from stream.factory import make_source
 from stream.frame import Frame
-from stream.rtsp import RtspSource
-from stream.source import Source, SourceStats
+from stream.rtsp import KeyframeRule, RtspSource
+from stream.source import Source, SourceState, SourceStats
 from stream.spec import SourceSpec, parse_source
 from tests.support.rtsp import RtspServer
 
@@ -227,3 +227,31 @@ async def test_keyframes_only_when_the_sampling_rate_allows(camera: RtspServer) 
         assert source.keyframes_only is expect, fps
         gaps = [b.pts - a.pts for a, b in itertools.pairwise(frames[3:])]
         assert all(abs(g - 1 / fps) < 0.1 for g in gaps), gaps
+
+
+async def test_the_frame_watchdog_reconnects_when_packets_arrive_but_no_frame_decodes() -> None:
+    """Keyframes-only decoding forced on a camera with a keyframe every 10 s: packets keep coming, frames
+    do not, and the read timeout never fires. Only the frame watchdog can notice."""
+    server = RtspServer(extra=("--keyint", "300"))
+    server.start()
+    source = RtspSource("cam", server.url, 1.0, decode="keyframes", stall_timeout=1.5)
+    try:
+        it = aiter(source)
+        await asyncio.wait_for(anext(it), timeout=15)  # the first keyframe decodes
+        assert source.stats.state is SourceState.LIVE
+        deadline = time.monotonic() + 10
+        while source.stats.reconnects == 0:
+            assert time.monotonic() < deadline, source.stats
+            await asyncio.sleep(0.05)
+        assert source.stats.error is not None
+        assert source.stats.error.startswith("no frame from rtsp://127.0.0.1")
+    finally:
+        await source.close()
+        server.close()
+
+
+def test_keyframes_only_widens_the_watchdog_by_one_gop() -> None:
+    rule = KeyframeRule(period=10.0, mode="auto")
+    for t in (0.0, 8.0, 16.0):
+        rule.keyframe(t)
+    assert rule.longest_gap == 8.0  # frames 8 s apart at 0.1 fps: no stall for a 5 s watchdog
