@@ -24,7 +24,7 @@ from models.loader import choose_placement, load_model
 from stream.factory import make_source
 from stream.frame import Frame
 from stream.rtsp import KeyframeRule, RtspSource
-from stream.source import Source, SourceState, SourceStats
+from stream.source import Source, SourceState
 from stream.spec import SourceSpec, parse_source
 from tests.support.rtsp import RtspServer
 
@@ -162,11 +162,8 @@ class AgeRecorder:
         self.inner = inner
         self.name = inner.name
         self.display_url = inner.display_url
+        self.stats = inner.stats  # the same object, updated by the inner source
         self.ages: list[float] = []
-
-    @property
-    def stats(self) -> SourceStats:
-        return self.inner.stats
 
     def __aiter__(self) -> AsyncIterator[Frame]:
         return self._frames()

@@ -11,10 +11,15 @@ import pytest
 from livesight.errors import ConfigError
 from stream.backoff import Backoff
 from stream.factory import make_source
+from stream.frame import Frame
 from stream.rtsp import KeyframeRule, RtspSource, Timeline, scrub
 from stream.source import SourceState
 from stream.spec import parse_source
 from tests.support.rtsp import free_port
+
+
+async def first(source: RtspSource) -> Frame:
+    return await anext(aiter(source))
 
 
 def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
@@ -93,7 +98,7 @@ def test_rtsp_urls_parse_and_never_show_their_credentials() -> None:
 async def test_reconnects_with_backoff_goes_offline_and_closes_promptly() -> None:
     url = f"rtsp://user:pw@127.0.0.1:{free_port()}/cam"  # nothing listens: every open is refused
     source = RtspSource("cam", url, 1.0, offline_after=3, backoff=Backoff(base=0.01, cap=0.02, rand=lambda: 0.0))
-    task = asyncio.create_task(anext(aiter(source)), name="test-consumer")
+    task = asyncio.create_task(first(source), name="test-consumer")
     states = set()
     deadline = time.monotonic() + 10
     while source.stats.reconnects < 5:
@@ -113,7 +118,7 @@ async def test_reconnects_with_backoff_goes_offline_and_closes_promptly() -> Non
 
 async def test_close_interrupts_a_long_backoff() -> None:
     source = RtspSource("cam", f"rtsp://127.0.0.1:{free_port()}/cam", 1.0, backoff=Backoff(base=60, cap=60))
-    task = asyncio.create_task(anext(aiter(source)), name="test-consumer")
+    task = asyncio.create_task(first(source), name="test-consumer")
     for _ in range(500):  # the first open is refused at once; then it waits out the long backoff
         if source.stats.state is not SourceState.STARTING:
             break

@@ -12,7 +12,7 @@ from livesight.errors import ConfigError
 from livesight.stream_file import load_streams_file
 from models.loader import choose_placement, load_model
 from stream.factory import make_source
-from stream.source import Source
+from stream.source import Source, ThreadedSource
 from stream.spec import SourceSpec
 
 GOOD = """
@@ -128,8 +128,11 @@ async def test_the_engine_samples_each_stream_at_its_own_rate() -> None:
     try:
         rates = {s["name"]: s["fps"] for s in engine.streams_info()}
         assert rates == {"fast": 4.0, "slow": 1.0}
-        sources = {name: engine._streams[name].source for name in rates}
-        assert sources["fast"]._sampler.period == 0.25
-        assert sources["slow"]._sampler.period == 1.0
+        periods = {}
+        for name in rates:
+            source = engine._streams[name].source
+            assert isinstance(source, ThreadedSource)
+            periods[name] = source._sampler.period
+        assert periods == {"fast": 0.25, "slow": 1.0}
     finally:
         await engine.close()
