@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         action="append",
         metavar="SRC",
-        help="NAME=URL or URL; URL is 'demo' (a generated scene) or a video file path. Repeatable. Default: demo",
+        help="NAME=URL or URL; URL is 'demo' (a generated scene), a video file path, or an rtsp:// or rtsps:// "
+        "camera. Repeatable. Default: demo (unless --config lists streams)",
+    )
+    s.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file listing streams to start with ([[streams]] name, url, fps); adds to --source",
     )
     s.add_argument(
         "--model",
@@ -121,8 +127,14 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "load_4bit": args.load_4bit,
         "realtime": not args.fast,
     }
-    if args.source:
-        values["sources"] = args.source
+    sources: list[object] = []
+    if args.config:
+        from livesight.stream_file import load_streams_file
+
+        sources.extend(load_streams_file(args.config))
+    sources.extend(args.source or [])
+    if sources:
+        values["sources"] = sources
     cfg = load_serve_config(values)
     asyncio.run(serve(cfg))
     return 0

@@ -132,7 +132,7 @@ class Engine:
         if len(self._streams) >= self.settings.max_streams:
             raise Busy(f"at most {self.settings.max_streams} streams")
         lossless = not self.settings.realtime and spec.kind in ("file", "demo")
-        source = self._make_source(spec, self.settings.fps, not lossless)
+        source = self._make_source(spec, spec.fps or self.settings.fps, not lossless)
         rt = StreamRuntime(spec, source, RollingMemory(self.budget), lossless)
         self._streams[spec.name] = rt
         rt.task = asyncio.create_task(self._run_stream(rt), name=f"stream:{spec.name}")
@@ -325,9 +325,10 @@ class Engine:
                     "name": rt.spec.name,
                     "source": rt.spec.display_url,
                     "state": rt.state.value,
-                    "fps": self.settings.fps,
+                    "fps": rt.spec.fps or self.settings.fps,
                     "frames": rt.ingested,
                     "dropped": rt.dropped + rt.source.stats.dropped,
+                    "reconnects": rt.source.stats.reconnects,
                     "memory_tokens": stats.tokens if stats else 0,
                     "memory_frames": stats.frames if stats else 0,
                     "memory_span": [stats.start, stats.end] if stats and stats.start is not None else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from livesight.errors import ConfigError
 from stream.demo import DemoSource
 from stream.file import FileSource
+from stream.rtsp import RtspSource
 from stream.source import Source
 from stream.spec import SourceSpec
 
@@ -19,4 +20,6 @@ def make_source(spec: SourceSpec, fps: float, *, realtime: bool = True) -> Sourc
         return DemoSource(spec.name, fps, realtime=realtime)
     if spec.kind == "file":
         return FileSource(spec.name, spec.url, fps, realtime=realtime)
+    if spec.kind == "rtsp":
+        return RtspSource(spec.name, spec.url, fps)
     raise ConfigError(f"no source for kind {spec.kind!r}")

@@ -81,7 +81,8 @@ class ThreadedSource:
     def _run(self) -> None:
         raise NotImplementedError
 
-    def _emit(self, pts: float, image: np.ndarray) -> None:
+    def _emit(self, pts: float, image: np.ndarray, captured_at: float | None = None) -> None:
+        """Hand on a kept frame; ``captured_at`` defaults to now (sources that know better pass it)."""
         # Stream time never goes backwards downstream: a source whose clock jumps back (a looping or
         # concatenated file, a camera that restarted) continues after the last frame instead.
         pts += self._pts_offset
@@ -89,7 +90,8 @@ class ThreadedSource:
             self._pts_offset += self._last_pts - pts + self._sampler.period
             pts = self._last_pts + self._sampler.period
         self._last_pts = pts
-        frame = Frame(stream=self.name, index=self._index, pts=pts, captured_at=time.time(), image=image)
+        when = time.time() if captured_at is None else captured_at
+        frame = Frame(stream=self.name, index=self._index, pts=pts, captured_at=when, image=image)
         self._index += 1
         self.stats.frames += 1
         if self._slot.put(frame):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from livesight.errors import ConfigError
@@ -18,8 +18,9 @@ class SourceSpec:
     """A validated source: a stream name, its kind and its URL (which may hold credentials)."""
 
     name: str
-    kind: str  # "demo" | "file"
-    url: str
+    kind: str  # "demo" | "file" | "rtsp"
+    url: str = field(repr=False)  # may hold credentials: see display_url
+    fps: float | None = None  # this stream's sampling rate; None: the server-wide rate
 
     @property
     def display_url(self) -> str:
@@ -53,7 +54,8 @@ def check_name(name: str) -> str:
 
 
 def parse_source(text: str) -> SourceSpec:
-    """Parse ``NAME=URL`` or ``URL``. URLs: ``demo``, a file path or ``file://`` URL."""
+    """Parse ``NAME=URL`` or ``URL``. URLs: ``demo``, a file path or ``file://`` URL, ``rtsp://`` or
+    ``rtsps://`` (a camera; the default name is its host)."""
     name: str | None = None
     url = text.strip()
     head, sep, tail = url.partition("=")
@@ -71,4 +73,16 @@ def parse_source(text: str) -> SourceSpec:
         stem = os.path.splitext(os.path.basename(path))[0]
         default = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:64] or "file"
         return SourceSpec(check_name(name or default), "file", path)
-    raise ConfigError(f"source {redact(url)!r}: unsupported scheme {scheme!r} (supported: demo, a file path)")
+    if scheme in ("rtsp", "rtsps"):
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (a property that validates the port)
+        except ValueError:
+            raise ConfigError(f"source {redact(url)!r}: invalid port") from None
+        if not parts.hostname:
+            raise ConfigError(f"source {redact(url)!r}: no host")
+        default = re.sub(r"[^A-Za-z0-9_.-]", "_", parts.hostname)[:64]
+        return SourceSpec(check_name(name or default), "rtsp", url)
+    raise ConfigError(
+        f"source {redact(url)!r}: unsupported scheme {scheme!r} (supported: demo, a file path, rtsp://, rtsps://)"
+    )

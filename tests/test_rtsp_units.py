@@ -1,0 +1,131 @@
+"""The RTSP reader's parts on their own: backoff, the keyframes-only rule, the timeline, redaction, and
+the reconnect loop against a port where nothing listens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from livesight.errors import ConfigError
+from stream.backoff import Backoff
+from stream.factory import make_source
+from stream.frame import Frame
+from stream.rtsp import KeyframeRule, RtspSource, Timeline, scrub
+from stream.source import SourceState
+from stream.spec import parse_source
+from tests.support.rtsp import free_port
+
+
+async def first(source: RtspSource) -> Frame:
+    return await anext(aiter(source))
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
+    b = Backoff(base=0.5, cap=4.0, jitter=0.5, rand=lambda: 0.0)
+    assert [b.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    b.reset()
+    assert b.next() == 0.5
+
+
+def test_backoff_jitter_shortens_within_its_fraction() -> None:
+    values = iter([0.0, 0.5, 0.999])
+    b = Backoff(base=1.0, cap=1.0, jitter=0.4, rand=lambda: next(values))
+    assert [round(b.next(), 4) for _ in range(3)] == [1.0, 0.8, 0.6004]
+
+
+def test_backoff_survives_a_long_outage() -> None:
+    b = Backoff(base=0.5, cap=8.0, rand=lambda: 0.0)
+    assert [b.next() for _ in range(2000)][-1] == 8.0
+
+
+@pytest.mark.parametrize(("base", "cap", "jitter"), [(0, 1, 0.5), (2, 1, 0.5), (1, 2, 1.5)])
+def test_backoff_rejects_bad_settings(base: float, cap: float, jitter: float) -> None:
+    with pytest.raises(ValueError, match=r"must be|need"):
+        Backoff(base=base, cap=cap, jitter=jitter)
+
+
+def test_keyframes_only_needs_two_keyframe_gaps_within_the_period() -> None:
+    rule = KeyframeRule(period=1.0, mode="auto")
+    assert [rule.keyframe(t) for t in (0.0, 1.0, 2.0, 3.0)] == [False, False, True, True]
+    assert rule.keyframe(5.0) is False  # the GOP grew past the period: decode everything again
+    assert KeyframeRule(period=0.5, mode="auto").keyframe(0.0) is False
+    slow = KeyframeRule(period=0.5, mode="auto")
+    assert [slow.keyframe(t) for t in (0.0, 1.0, 2.0)] == [False, False, False]
+    assert KeyframeRule(period=0.1, mode="keyframes").keyframe(0.0) is True
+    assert KeyframeRule(period=10, mode="all").keyframe(0.0) is False
+
+
+def test_timeline_places_frames_by_camera_time_and_never_in_the_future() -> None:
+    tl = Timeline(pts0=10.0, clock0=100.0, wall0=5000.0)
+    assert tl.place(None, now=100.0, wall=5000.0) == (10.0, 5000.0)  # first frame: no timestamp
+    # The next stamped frame anchors the camera clock to its arrival.
+    assert tl.place(0.04, now=100.04, wall=5000.04) == pytest.approx((10.04, 5000.04))
+    # Decoded 2 s late: its capture time stays the camera's, so its age shows the lag.
+    pts, captured = tl.place(1.04, now=103.04, wall=5003.04)
+    assert (pts, captured) == pytest.approx((11.04, 5001.04))
+    # A camera clock running ahead is clamped to now.
+    assert tl.place(9.0, now=104.0, wall=5004.0)[1] == 5004.0
+
+
+def test_scrub_removes_the_url_and_any_other_userinfo() -> None:
+    url = "rtsp://admin:hunter2@10.0.0.5:554/live?token=abc"
+    text = f"Server returned 401: '{url}' (redirect to rtsps://x:y@10.0.0.6/live)"
+    out = scrub(text, url)
+    assert "hunter2" not in out
+    assert "admin" not in out
+    assert "abc" not in out
+    assert "x:y" not in out
+    assert "rtsp://***@10.0.0.5:554/live" in out
+    assert "rtsps://***@10.0.0.6/live" in out
+
+
+def test_rtsp_urls_parse_and_never_show_their_credentials() -> None:
+    spec = parse_source("door=rtsp://admin:hunter2@cam.local:8554/stream1")
+    assert (spec.name, spec.kind) == ("door", "rtsp")
+    assert spec.display_url == "rtsp://***@cam.local:8554/stream1"
+    assert "hunter2" not in repr(spec)
+    assert parse_source("rtsps://cam.example.com/x").name == "cam.example.com"
+    with pytest.raises(ConfigError, match="invalid port") as err:
+        parse_source("rtsp://admin:hunter2@cam:99999/x")
+    assert "hunter2" not in str(err.value)
+    with pytest.raises(ConfigError, match="no host"):
+        parse_source("rtsp:///x")
+    assert isinstance(make_source(spec, 1.0), RtspSource)
+
+
+async def test_reconnects_with_backoff_goes_offline_and_closes_promptly() -> None:
+    url = f"rtsp://user:pw@127.0.0.1:{free_port()}/cam"  # nothing listens: every open is refused
+    source = RtspSource("cam", url, 1.0, offline_after=3, backoff=Backoff(base=0.01, cap=0.02, rand=lambda: 0.0))
+    task = asyncio.create_task(first(source), name="test-consumer")
+    states = set()
+    deadline = time.monotonic() + 10
+    while source.stats.reconnects < 5:
+        states.add(source.stats.state)
+        assert time.monotonic() < deadline, source.stats
+        await asyncio.sleep(0.005)
+    assert source.stats.state is SourceState.OFFLINE
+    assert SourceState.RECONNECTING in states
+    assert source.stats.error is not None
+    assert "refused" in source.stats.error.lower()
+    assert "pw" not in source.stats.error
+    assert "user" not in source.stats.error
+    await source.close()
+    with pytest.raises(StopAsyncIteration):
+        await task  # closing ends the consumer's iteration
+
+
+async def test_close_interrupts_a_long_backoff() -> None:
+    source = RtspSource("cam", f"rtsp://127.0.0.1:{free_port()}/cam", 1.0, backoff=Backoff(base=60, cap=60))
+    task = asyncio.create_task(first(source), name="test-consumer")
+    for _ in range(500):  # the first open is refused at once; then it waits out the long backoff
+        if source.stats.state is not SourceState.STARTING:
+            break
+        await asyncio.sleep(0.01)
+    assert source.stats.state is SourceState.RECONNECTING
+    started = time.monotonic()
+    await source.close()
+    assert time.monotonic() - started < 5  # not the 30-60 s the backoff asked for
+    with pytest.raises(StopAsyncIteration):
+        await task
