@@ -7,16 +7,17 @@ import asyncio
 import gc
 import os
 import threading
+import time
 
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 import stream.webrtc
 from livesight.engine import EngineSettings
 from models.loader import choose_placement, load_model
 from models.smolvlm import SmolVLMAdapter
 from stream.webrtc import WebRTCSource
-from tests.support.webrtc_peer import info, loopback_ice, publish, running, unpublish, until, ws_client
+from tests.support.webrtc_peer import SyntheticTrack, info, loopback_ice, publish, running, unpublish, until, ws_client
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +150,28 @@ async def test_twenty_publish_cycles_leave_nothing_behind(tiny: SmolVLMAdapter) 
         assert len(pool) <= min(32, (os.cpu_count() or 1) + 4)
         await until(lambda: peer_connections() == pcs, 5, "peer connections to be freed")
         assert srv.engine.stream_names() == []
+
+
+async def test_a_slow_consumer_gets_the_newest_frame_not_a_backlog() -> None:
+    """aiortc queues every decoded frame without bound; the source drains it and keeps the newest."""
+    source = WebRTCSource("cam", fps=30.0)  # every frame is due: only newest-wins can keep up
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(SyntheticTrack(), direction="sendonly")
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await source.accept(pc.localDescription.sdp)
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        frames = source.__aiter__()
+        first = await anext(frames)
+        started = time.monotonic() - first.pts
+        lags = []
+        for _ in range(4):
+            await asyncio.sleep(0.7)  # a consumer far slower than the 30 fps coming in
+            frame = await anext(frames)
+            lags.append(time.monotonic() - started - frame.pts)
+        assert max(lags) < 0.5, lags  # a queue would have fallen ~0.7 s further behind at each step
+        assert source.stats.dropped >= 4 * 15  # the frames skipped over were counted
+        await frames.aclose()
+    finally:
+        await pc.close()
+        await source.close()
