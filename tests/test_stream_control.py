@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -47,7 +48,7 @@ def clip(tmp_path: Path) -> Path:
     return path
 
 
-def status(stream: str, state: str | None = None):  # type: ignore[no-untyped-def]
+def status(stream: str, state: str | None = None) -> Callable[[dict[str, Any]], bool]:
     return lambda m: m["type"] == "status" and m["stream"] == stream and (state is None or m["state"] == state)
 
 

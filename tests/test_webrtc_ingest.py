@@ -8,6 +8,8 @@ import gc
 import os
 import threading
 import time
+from collections.abc import AsyncGenerator
+from typing import cast
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -16,6 +18,7 @@ import stream.webrtc
 from livesight.engine import EngineSettings
 from models.loader import choose_placement, load_model
 from models.smolvlm import SmolVLMAdapter
+from stream.frame import Frame
 from stream.webrtc import WebRTCSource
 from tests.support.webrtc_peer import SyntheticTrack, info, loopback_ice, publish, running, unpublish, until, ws_client
 
@@ -161,7 +164,7 @@ async def test_a_slow_consumer_gets_the_newest_frame_not_a_backlog() -> None:
         await pc.setLocalDescription(await pc.createOffer())
         answer = await source.accept(pc.localDescription.sdp)
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        frames = source.__aiter__()
+        frames = cast(AsyncGenerator[Frame, None], source.__aiter__())
         first = await anext(frames)
         started = time.monotonic() - first.pts
         lags = []

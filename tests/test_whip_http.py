@@ -34,7 +34,9 @@ async def srv(tiny: SmolVLMAdapter) -> AsyncIterator[Server]:
         yield server
 
 
-async def request(srv: Server, method: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, dict]:
+async def request(
+    srv: Server, method: str, path: str, body: bytes | None = None, /, **headers: str
+) -> tuple[int, dict]:
     res = await asyncio.to_thread(http_request, srv.port, method, path, body, {**headers})
     return res.status, {"headers": res.headers, "json": json.loads(res.body) if res.body else None}
 
