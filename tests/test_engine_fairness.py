@@ -51,11 +51,13 @@ async def test_no_stream_starves_another(counting: CountingAdapter, realtime: bo
     await engine.start([parse_source(f"{n}=demo") for n in names])
     try:
         total = lambda: sum(s["frames"] for s in engine.streams_info())  # noqa: E731
-        await until(lambda: total() >= 60, 60, "60 frames ingested")
+        await until(lambda: total() >= 40, 60, "40 frames ingested")
         frames = {s["name"]: s["frames"] for s in engine.streams_info()}
         # Every stream got its share: the worker takes the pending frame of every stream at each step.
         assert min(frames.values()) >= 0.8 * max(frames.values()), frames
-        assert max(counting.batches) == len(names)
+        if not realtime:
+            # Every stream always has a frame waiting: each encode takes one from every stream, as one batch.
+            assert max(counting.batches) == len(names)
         assert sum(counting.batches) >= sum(frames.values())  # a batch may be in flight
         # Questions still get through while all four streams keep the worker busy.
         answered: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
