@@ -14,7 +14,6 @@ publisher that vanished without a word: ICE consent alone would take 30 s to not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -64,7 +63,7 @@ class WebRTCSource:
         self._pending_at = 0.0
         self._ready = asyncio.Event()
         self._done = False
-        self._closed = False
+        self._closer: asyncio.Task[None] | None = None
         self._index = 0
         self._pc.on("track", self._on_track)
         self._pc.on("connectionstatechange", self._on_connection_state)
@@ -165,17 +164,18 @@ class WebRTCSource:
             yield frame
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._finish(None)
-        reader = self._reader
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+        if self._closer is None:
+            self._finish(None)
+            reader = self._reader
+            if reader is not None:
+                reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
-        await self._pc.close()
-        self._pending = None
+            self._pending = None
+            # aiortc closes a connection itself when the peer's DTLS closes, and a second close() awaits
+            # the first one's future: a cancelled caller would cancel that future and break the close under
+            # way. So the close runs in its own task, which callers await shielded.
+            self._closer = asyncio.create_task(self._pc.close(), name=f"webrtc-close:{self.name}")
+        await asyncio.shield(self._closer)
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
