@@ -135,16 +135,17 @@ class PlainHttpConnection(ServerConnection):
             await super().handshake(*args, **kwargs)
             return
         try:
-            request = await asyncio.wait_for(self._read_request(), READ_TIMEOUT_S)
+            try:
+                request = await asyncio.wait_for(self._read_request(), READ_TIMEOUT_S)
+            except TimeoutError:
+                raise HttpError(
+                    HTTPStatus.REQUEST_TIMEOUT, f"request not received within {READ_TIMEOUT_S:g} s"
+                ) from None
+            except ConnectionError:
+                return  # the client left mid-request: nobody to answer
             response = await self.handle_http(request)
         except HttpError as exc:
             response = exc.response()
-        except TimeoutError:
-            response = HttpError(
-                HTTPStatus.REQUEST_TIMEOUT, f"request not received within {READ_TIMEOUT_S:g} s"
-            ).response()
-        except ConnectionError:
-            return
         except Exception:
             log.exception("HTTP request handler failed")
             response = HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the server log").response()
