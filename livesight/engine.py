@@ -21,6 +21,7 @@ from typing import Any
 
 from livesight.errors import BadRequest, Busy, ConfigError, LivesightError, UnknownStream
 from livesight.sessions import SessionStore
+from livesight.subscriptions import Subscriptions
 from memory import MemoryStats, RollingMemory
 from models.adapter import ModelAdapter, Prefix, Turn
 from stream.frame import Frame
@@ -71,6 +72,7 @@ class StreamRuntime:
     last_captured_at: float | None = None
     error: str | None = None
     task: asyncio.Task[None] | None = None
+    published: str | None = None  # the last state pushed to subscribers
 
     @property
     def state(self) -> SourceState:
@@ -100,6 +102,7 @@ class Engine:
         self._make_source = make_source
         self._clock = clock
         self.sessions = sessions or SessionStore()
+        self.subscriptions = Subscriptions()
         self._streams: dict[str, StreamRuntime] = {}
         self._questions: deque[Question] = deque()
         self._wake = asyncio.Event()
@@ -127,21 +130,38 @@ class Engine:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     def add_stream(self, spec: SourceSpec) -> None:
-        if spec.name in self._streams:
-            raise BadRequest(f"a stream named {spec.name!r} already exists")
+        self._check_new(spec.name)
+        lossless = not self.settings.realtime and spec.kind in ("file", "demo")
+        self._attach(spec, self._make_source(spec, spec.fps or self.settings.fps, not lossless), lossless)
+
+    def add_source(self, spec: SourceSpec, source: Source) -> None:
+        """Add a stream whose source was built elsewhere (a WebRTC publisher); the engine owns it from
+        now on and closes it when the stream is removed. Raises like :meth:`add_stream`."""
+        self._check_new(spec.name)
+        self._attach(spec, source, lossless=False)
+
+    def _check_new(self, name: str) -> None:
+        if name in self._streams:
+            raise BadRequest(f"a stream named {name!r} already exists")
         if len(self._streams) >= self.settings.max_streams:
             raise Busy(f"at most {self.settings.max_streams} streams")
-        lossless = not self.settings.realtime and spec.kind in ("file", "demo")
-        source = self._make_source(spec, spec.fps or self.settings.fps, not lossless)
+
+    def _attach(self, spec: SourceSpec, source: Source, lossless: bool) -> None:
         rt = StreamRuntime(spec, source, RollingMemory(self.budget), lossless)
         self._streams[spec.name] = rt
+        loop = asyncio.get_running_loop()
+        # Sources change state in their own threads; hop to the loop before telling subscribers.
+        source.stats.watch(lambda _state: _call_soon(loop, self._state_changed, rt))
         rt.task = asyncio.create_task(self._run_stream(rt), name=f"stream:{spec.name}")
         log.info("stream %s: %s", spec.name, spec.display_url)
+        self._state_changed(rt)
 
     async def remove_stream(self, name: str) -> None:
         rt = self._streams.pop(name, None)
         if rt is None:
             raise UnknownStream(f"no stream named {name!r}")
+        rt.source.stats.watch(None)
+        self.subscriptions.publish(name, {"type": "status", "stream": name, "state": "removed"})
         if rt.task is not None:
             rt.task.cancel()
             await asyncio.gather(rt.task, return_exceptions=True)
@@ -168,6 +188,7 @@ class Engine:
             log.exception("stream %s: source failed", rt.spec.name)
         finally:
             await rt.source.close()
+            self._state_changed(rt)
 
     def _take_frames(self) -> list[tuple[StreamRuntime, Frame]]:
         batch = []
@@ -309,11 +330,17 @@ class Engine:
                     log.exception("encoding %d frame(s) failed", len(batch))
                     for rt, _ in batch:
                         rt.dropped += 1
+                # Idle waits must not keep the last batch (a removed stream's memory) alive.
+                del batch
             prefer_question = not prefer_question
 
     # --- status --------------------------------------------------------------------------------
     def stream_names(self) -> list[str]:
         return list(self._streams)
+
+    def source(self, name: str) -> Source | None:
+        rt = self._streams.get(name)
+        return None if rt is None else rt.source
 
     def streams_info(self) -> list[dict[str, Any]]:
         now = self._clock()
@@ -338,9 +365,38 @@ class Engine:
             )
         return out
 
+    # --- status pushes -------------------------------------------------------------------------
+    def subscribe(self, name: str, deliver: Deliver) -> None:
+        """Push a ``status`` message to ``deliver`` now and on every state change of stream ``name``."""
+        rt = self._streams.get(name)
+        if rt is None:
+            raise UnknownStream(f"no stream named {name!r}; streams: {', '.join(self._streams) or 'none'}")
+        self.subscriptions.add(name, deliver)
+        deliver(self._status(rt))
+
+    def unsubscribe(self, name: str, deliver: Deliver) -> None:
+        self.subscriptions.remove(name, deliver)
+
+    def _status(self, rt: StreamRuntime) -> dict[str, Any]:
+        info = next(i for i in self.streams_info() if i["name"] == rt.spec.name)
+        return {"type": "status", "stream": info.pop("name"), **info}
+
+    def _state_changed(self, rt: StreamRuntime) -> None:
+        """Tell subscribers if the stream's state differs from what they were last told (event loop)."""
+        if self._streams.get(rt.spec.name) is not rt or rt.state.value == rt.published:
+            return
+        rt.published = rt.state.value
+        log.debug("stream %s: %s", rt.spec.name, rt.published)
+        self.subscriptions.publish(rt.spec.name, self._status(rt))
+
     @property
     def queued(self) -> int:
         return len(self._questions)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[StreamRuntime], None], rt: StreamRuntime) -> None:
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(fn, rt)
 
 
 def _context(prefix: Prefix) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import enum
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -26,15 +25,46 @@ class SourceState(str, enum.Enum):
     ENDED = "ended"
 
 
-@dataclass(slots=True)
 class SourceStats:
-    """Counters a source keeps; read by the engine for the ``streams`` message."""
+    """Counters a source keeps; read by the engine for the ``streams`` message.
 
-    state: SourceState = SourceState.STARTING
-    frames: int = 0  # sampled frames emitted
-    dropped: int = 0  # sampled frames replaced before anyone took them
-    reconnects: int = 0
-    error: str | None = None  # last error, credentials already removed
+    Setting ``state`` to a new value calls the watcher (see :meth:`watch`) from whichever thread set it,
+    so the owner hears of every transition as it happens instead of polling for it.
+    """
+
+    __slots__ = ("_state", "_watcher", "dropped", "error", "frames", "reconnects")
+
+    def __init__(
+        self,
+        state: SourceState = SourceState.STARTING,
+        frames: int = 0,  # sampled frames emitted
+        dropped: int = 0,  # sampled frames replaced before anyone took them
+        reconnects: int = 0,
+        error: str | None = None,  # last error, credentials already removed
+    ) -> None:
+        self._state = state
+        self._watcher: Callable[[SourceState], None] | None = None
+        self.frames = frames
+        self.dropped = dropped
+        self.reconnects = reconnects
+        self.error = error
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    @state.setter
+    def state(self, value: SourceState) -> None:
+        if value is self._state:
+            return
+        self._state = value
+        watcher = self._watcher
+        if watcher is not None:
+            watcher(value)
+
+    def watch(self, watcher: Callable[[SourceState], None] | None) -> None:
+        """Call ``watcher(new_state)`` on every state change (from the thread that made it); None stops."""
+        self._watcher = watcher
 
 
 @runtime_checkable

@@ -21,13 +21,26 @@ from websockets.exceptions import ConnectionClosed
 
 from livesight.engine import Engine, Question
 from livesight.errors import BadRequest, Busy, LivesightError, Unauthorized
-from web.protocol import Ask, Auth, Cancel, ProtocolError, Streams, parse
+from stream.spec import check_name, parse_source
+from web.protocol import (
+    AddStream,
+    Ask,
+    Auth,
+    Cancel,
+    ProtocolError,
+    RemoveStream,
+    Streams,
+    Subscribe,
+    Unsubscribe,
+    parse,
+)
 
 log = logging.getLogger("livesight.web")
 
 OUTBOX = 4096  # messages; a whole 1024-token answer fits several times
 AUTH_TIMEOUT_S = 10.0
 MAX_ACTIVE_PER_CLIENT = 4
+MAX_SUBSCRIPTIONS = 64
 
 
 class ClientConnection:
@@ -46,6 +59,8 @@ class ClientConnection:
         self._clock = clock
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=outbox)
         self._active: dict[str, Question] = {}
+        self._subscribed: set[str] = set()
+        self._removals: set[asyncio.Task[None]] = set()
         self._closing = False
         self._closer: asyncio.Task[None] | None = None  # the close of a client too slow to read
 
@@ -88,6 +103,11 @@ class ClientConnection:
         finally:
             self._closing = True
             self._cancel_all()
+            for name in self._subscribed:
+                self.engine.unsubscribe(name, self.send)
+            if self._removals:
+                # A removal is not cancelled halfway: it would leave a source unclosed. They are short.
+                await asyncio.wait(self._removals, timeout=10.0)
             if self.ws.state.name == "OPEN" and not sender.done():
                 # Let what is queued (an auth error, say) go out before the connection closes.
                 with contextlib.suppress(asyncio.QueueFull):
@@ -140,6 +160,23 @@ class ClientConnection:
                 self.engine.cancel(q)
             elif isinstance(msg, Streams):
                 self.send({"type": "streams", "streams": self.engine.streams_info()})
+            elif isinstance(msg, AddStream):
+                self._add_stream(msg)
+            elif isinstance(msg, RemoveStream):
+                task = asyncio.get_running_loop().create_task(
+                    self._remove_stream(msg), name=f"remove-stream:{msg.name}:{id(self)}"
+                )
+                self._removals.add(task)
+                task.add_done_callback(self._removals.discard)
+            elif isinstance(msg, Subscribe):
+                if msg.stream not in self._subscribed and len(self._subscribed) >= MAX_SUBSCRIPTIONS:
+                    raise BadRequest(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
+                self.engine.subscribe(msg.stream, self.send)
+                self._subscribed.add(msg.stream)
+            elif isinstance(msg, Unsubscribe):
+                self.engine.unsubscribe(msg.stream, self.send)
+                self._subscribed.discard(msg.stream)
+                self.send({"type": "unsubscribed", "stream": msg.stream})
             elif isinstance(msg, Auth):
                 raise BadRequest("already authenticated")
         except LivesightError as exc:
@@ -161,6 +198,20 @@ class ClientConnection:
         )
         self.engine.submit(q)
         self._active[msg.id] = q
+
+    def _add_stream(self, msg: AddStream) -> None:
+        # The name is checked first: parse_source would read an invalid one as part of the URL.
+        spec = parse_source(f"{check_name(msg.name)}={msg.url}")
+        self.engine.add_stream(spec)
+        self.send({"type": "stream_added", "id": msg.id, "stream": spec.name, "source": spec.display_url})
+
+    async def _remove_stream(self, msg: RemoveStream) -> None:
+        try:
+            await self.engine.remove_stream(msg.name)
+        except LivesightError as exc:
+            self._error(msg.id, exc)
+            return
+        self.send({"type": "stream_removed", "id": msg.id, "stream": msg.name})
 
     def _error(self, msg_id: str | None, exc: LivesightError) -> None:
         self.send({"type": "error", "id": msg_id, "code": exc.code, "message": exc.message, "retryable": exc.retryable})

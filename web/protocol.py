@@ -51,8 +51,36 @@ class Streams(_Msg):
     type: Literal["streams"]
 
 
-Request = Annotated[Auth | Ask | Cancel | Streams, Field(discriminator="type")]
-_ADAPTER: TypeAdapter[Auth | Ask | Cancel | Streams] = TypeAdapter(Request)
+class AddStream(_Msg):
+    """Start ingesting ``url`` (anything ``livesight serve --source`` takes) as stream ``name``."""
+
+    type: Literal["add_stream"]
+    name: Name
+    url: Annotated[StrictStr, Field(min_length=1, max_length=2048)]
+    id: Id | None = None
+
+
+class RemoveStream(_Msg):
+    type: Literal["remove_stream"]
+    name: Name
+    id: Id | None = None
+
+
+class Subscribe(_Msg):
+    """Receive a ``status`` message now and on every state change of ``stream``."""
+
+    type: Literal["subscribe"]
+    stream: Name
+
+
+class Unsubscribe(_Msg):
+    type: Literal["unsubscribe"]
+    stream: Name
+
+
+Message = Auth | Ask | Cancel | Streams | AddStream | RemoveStream | Subscribe | Unsubscribe
+Request = Annotated[Message, Field(discriminator="type")]
+_ADAPTER: TypeAdapter[Message] = TypeAdapter(Request)
 
 
 class ProtocolError(Exception):
@@ -64,7 +92,7 @@ class ProtocolError(Exception):
         self.msg_id = msg_id
 
 
-def parse(raw: str | bytes) -> Auth | Ask | Cancel | Streams:
+def parse(raw: str | bytes) -> Message:
     """Validate one websocket message; raises :class:`ProtocolError`."""
     if isinstance(raw, bytes):
         raise ProtocolError(BadRequest("binary messages are not part of the protocol; send JSON text"), None)
@@ -92,6 +120,9 @@ def parse(raw: str | bytes) -> Auth | Ask | Cancel | Streams:
 def _describe(exc: ValidationError, kind: str) -> str:
     first = exc.errors()[0]
     if first["type"] == "union_tag_invalid":
-        return f"unknown message type {kind!r}; known: auth, ask, cancel, streams"
+        return (
+            f"unknown message type {kind!r}; known: auth, ask, cancel, streams, "
+            "add_stream, remove_stream, subscribe, unsubscribe"
+        )
     where = ".".join(str(p) for p in first["loc"][1:]) or "message"
     return f"{kind}: field {where!r}: {first['msg']}"

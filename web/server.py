@@ -1,4 +1,5 @@
-"""One port: ``GET /healthz``, the websocket API at ``/v1/ws``, and the page at ``/``."""
+"""One port: ``GET /healthz``, the websocket API at ``/v1/ws``, the page at ``/``, and WHIP ingest at
+``/v1/whip/<name>`` (non-GET requests, answered by :mod:`web.whip` through :mod:`web.plain_http`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from websockets.http11 import Request, Response
 
 from livesight.engine import Engine
 from web.connection import OUTBOX, ClientConnection
+from web.plain_http import connection_class
 from web.protocol import HARD_LIMIT_BYTES
+from web.whip import WHIP_PATH, WhipEndpoint
 
 log = logging.getLogger("livesight.web")
 
@@ -60,6 +63,8 @@ class App:
             if self.engine is None:
                 return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "starting"})
             return None
+        if path.startswith(WHIP_PATH):
+            return json_response(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "publish with POST (WHIP)"})
         if path in ("/", "/index.html"):
             page = resources.files("web").joinpath("static/index.html").read_bytes()
             return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
@@ -97,6 +102,7 @@ class App:
             max_size=HARD_LIMIT_BYTES,
             server_header="livesight",
             close_timeout=3,
+            create_connection=connection_class(WhipEndpoint(self.token, lambda: self.engine)),
         )
         return self._server
 

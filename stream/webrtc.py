@@ -1,0 +1,184 @@
+"""A publisher sending video over WebRTC (a browser, OBS, ffmpeg, GStreamer via WHIP), received with aiortc.
+
+One :class:`RTCPeerConnection` per publisher. aiortc decodes every received frame in its own thread and
+queues it without bound, so a reader task drains the track as frames come, keeps only the frames the
+:class:`Sampler` wants, and holds the newest of those in a one-frame slot (a replaced frame counts as a
+drop). Conversion to RGB happens only for the frames handed on, off the event loop. aiortc objects stay
+in this module: the engine sees a :class:`~stream.source.Source` yielding :class:`Frame`.
+
+The stream ends (state ``ended``) when the publisher's track ends (it closed the connection or sent RTCP
+BYE), when the connection fails or closes, or when no frame has arrived for ``stall_s`` seconds (a
+publisher that vanished without a word: ICE consent alone would take 30 s to notice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from livesight.errors import BadRequest
+from stream.frame import Frame
+from stream.sampler import Sampler
+from stream.source import SourceState, SourceStats
+
+log = logging.getLogger("livesight.webrtc")
+
+#: Largest side of the frames handed on (as for files): bounds memory, the model downsizes further.
+MAX_SIDE = 1280
+#: Seconds without a received frame after which the publisher is taken as gone.
+STALL_S = 10.0
+
+
+class WebRTCSource:
+    """A source fed by one WebRTC publisher. Create it, :meth:`accept` the offer, iterate, :meth:`close`.
+
+    ``session`` is an unguessable id for the publisher's session (the WHIP resource); ``close`` is
+    idempotent and frees everything: the reader task and the peer connection (with its ICE, DTLS and
+    decoder thread).
+    """
+
+    def __init__(self, name: str, fps: float, *, stall_s: float | None = None) -> None:
+        self.name = name
+        self.display_url = "webrtc"
+        self.stats = SourceStats()
+        self.session = secrets.token_urlsafe(16)
+        self._sampler = Sampler(fps)
+        self._stall_s = STALL_S if stall_s is None else stall_s
+        # No ICE servers: the default would query a public STUN server, which a LAN or offline host lacks
+        # and which only delays gathering; host candidates are what a publisher on the same network needs.
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._track: MediaStreamTrack | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._newest: Frame | None = None
+        self._pending: av.VideoFrame | None = None
+        self._pending_pts = 0.0
+        self._pending_at = 0.0
+        self._ready = asyncio.Event()
+        self._done = False
+        self._closer: asyncio.Task[None] | None = None
+        self._index = 0
+        self._pc.on("track", self._on_track)
+        self._pc.on("connectionstatechange", self._on_connection_state)
+
+    # --- signaling -----------------------------------------------------------------------------
+    async def accept(self, offer_sdp: str) -> str:
+        """Answer the publisher's SDP offer; returns the SDP answer (all ICE candidates included).
+
+        Raises :class:`BadRequest` for an offer that is not SDP or that sends no video. The caller closes
+        the source when this raises.
+        """
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
+            raise BadRequest(f"not a usable SDP offer: {exc or type(exc).__name__}") from None
+        if self._track is None:
+            raise BadRequest("the offer sends no video track")
+        for transceiver in self._pc.getTransceivers():
+            # Audio (OBS and ffmpeg send it) would pile up in aiortc's unbounded queue: decline it.
+            if transceiver.kind != "video" or transceiver.receiver.track is not self._track:
+                transceiver.direction = "inactive"
+        answer = await self._pc.createAnswer()
+        await self._pc.setLocalDescription(answer)
+        self._reader = asyncio.create_task(self._read(self._track), name=f"webrtc-reader:{self.name}")
+        return str(self._pc.localDescription.sdp)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self._track is None:
+            self._track = track
+
+    def _on_connection_state(self) -> None:
+        state = self._pc.connectionState
+        log.debug("webrtc %s: connection %s", self.name, state)
+        if state in ("failed", "closed") and not self._done:
+            self._finish(None if state == "closed" else "the WebRTC connection failed")
+
+    # --- frames --------------------------------------------------------------------------------
+    async def _read(self, track: MediaStreamTrack) -> None:
+        """Drain the track (aiortc's queue is unbounded); keep only sampled frames, newest wins."""
+        start: float | None = None
+        why: str | None = None
+        try:
+            while True:
+                try:
+                    frame = await asyncio.wait_for(track.recv(), self._stall_s)
+                except MediaStreamError:
+                    break  # the publisher ended the track, or the connection closed
+                except TimeoutError:
+                    why = f"no video from the publisher for {self._stall_s:g} s"
+                    break
+                if not isinstance(frame, av.VideoFrame):
+                    continue
+                if self.stats.state is SourceState.STARTING:
+                    self.stats.state = SourceState.LIVE
+                t = float(frame.time) if frame.time is not None else time.monotonic()
+                start = t if start is None else start
+                pts = t - start
+                if not self._sampler.due(pts):
+                    continue
+                if self._pending is not None:
+                    self.stats.dropped += 1
+                self._pending, self._pending_pts, self._pending_at = frame, pts, time.time()
+                self._ready.set()
+        finally:
+            self._finish(why)
+
+    def _finish(self, why: str | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if why is not None:
+            self.stats.error = why
+            log.info("webrtc %s: %s", self.name, why)
+        self.stats.state = SourceState.ENDED
+        self._ready.set()
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+
+    def __aiter__(self) -> AsyncIterator[Frame]:
+        return self._frames()
+
+    async def _frames(self) -> AsyncIterator[Frame]:
+        while True:
+            vframe = self._pending
+            if vframe is None:
+                if self._done:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            self._pending = None
+            pts, captured_at = self._pending_pts, self._pending_at
+            image = await asyncio.to_thread(_to_rgb, vframe)
+            frame = Frame(stream=self.name, index=self._index, pts=pts, captured_at=captured_at, image=image)
+            self._index += 1
+            self.stats.frames += 1
+            yield frame
+
+    async def close(self) -> None:
+        if self._closer is None:
+            self._finish(None)
+            reader = self._reader
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            self._pending = None
+            # aiortc closes a connection itself when the peer's DTLS closes, and a second close() awaits
+            # the first one's future: a cancelled caller would cancel that future and break the close under
+            # way. So the close runs in its own task, which callers await shielded.
+            self._closer = asyncio.create_task(self._pc.close(), name=f"webrtc-close:{self.name}")
+        await asyncio.shield(self._closer)
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    scale = min(1.0, MAX_SIDE / max(frame.width, frame.height))
+    w, h = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)
+    return frame.to_ndarray(format="rgb24", width=w, height=h)

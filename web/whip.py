@@ -1,0 +1,128 @@
+"""WHIP (RFC 9725) ingest: ``POST /v1/whip/<name>`` publishes a WebRTC stream, ``DELETE`` on the returned
+``Location`` ends it.
+
+The publisher sends its SDP offer (``Content-Type: application/sdp``, every ICE candidate included: no
+trickle ICE) with ``Authorization: Bearer <token>``; the answer comes back with ``201 Created`` and the
+session's URL in ``Location``. Browsers (the page at ``/``), OBS, ffmpeg and GStreamer's whipsink speak it.
+Publishing to the name of a WebRTC stream that has ended replaces it (a publisher reconnecting); any
+other stream of that name is ``409 Conflict``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+from urllib.parse import unquote, urlsplit
+
+from livesight.engine import Engine
+from livesight.errors import BadRequest, Busy, ConfigError, UnknownStream
+from stream.source import SourceState
+from stream.spec import SourceSpec, check_name
+from stream.webrtc import WebRTCSource
+from web.plain_http import HttpError, HttpRequest, HttpResponse
+
+log = logging.getLogger("livesight.web")
+
+WHIP_PATH = "/v1/whip/"
+_GET_ONLY = ("/", "/index.html", "/healthz", "/v1/ws")
+
+
+class WhipEndpoint:
+    """Answers every non-GET request on the server's port (see :mod:`web.plain_http`)."""
+
+    def __init__(self, token: str, engine: Callable[[], Engine | None]) -> None:
+        self._token = token
+        self._engine = engine
+
+    async def __call__(self, req: HttpRequest) -> HttpResponse:
+        path = urlsplit(req.target).path
+        if path in _GET_ONLY:
+            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} answers GET only", [("Allow", "GET")])
+        if not path.startswith(WHIP_PATH):
+            raise HttpError(HTTPStatus.NOT_FOUND, f"no route {path}")
+        parts = [unquote(p) for p in path[len(WHIP_PATH) :].split("/")]
+        if len(parts) == 1 and parts[0]:
+            return await self._endpoint(req, parts[0])
+        if len(parts) == 2 and all(parts):
+            return await self._session(req, parts[0], parts[1])
+        raise HttpError(HTTPStatus.NOT_FOUND, f"no route {path}")
+
+    # --- POST /v1/whip/<name> --------------------------------------------------------------------
+    async def _endpoint(self, req: HttpRequest, name: str) -> HttpResponse:
+        if req.method == "OPTIONS":
+            return HttpResponse(HTTPStatus.NO_CONTENT, headers=[("Allow", "POST, OPTIONS")])
+        if req.method != "POST":
+            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "publish with POST", [("Allow", "POST, OPTIONS")])
+        engine = self._authorize(req)
+        try:
+            check_name(name)
+        except ConfigError as exc:
+            raise HttpError(HTTPStatus.BAD_REQUEST, exc.message) from None
+        content_type = req.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/sdp":
+            raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the SDP offer as Content-Type: application/sdp")
+        try:
+            offer = req.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "the SDP offer is not UTF-8") from None
+        await self._free_name(engine, name)
+
+        source = WebRTCSource(name, engine.settings.fps)
+        try:
+            answer = await source.accept(offer)
+            engine.add_source(SourceSpec(name, "webrtc", "webrtc"), source)
+        except BadRequest as exc:
+            await source.close()
+            # add_source refuses a name taken meanwhile (another publisher won the race) as BadRequest.
+            taken = engine.source(name) is not None
+            raise HttpError(HTTPStatus.CONFLICT if taken else HTTPStatus.BAD_REQUEST, exc.message) from None
+        except Busy as exc:
+            await source.close()
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, exc.message, [("Retry-After", "5")]) from None
+        except BaseException:
+            await source.close()
+            raise
+        log.info("whip: %s is publishing", name)
+        location = f"{WHIP_PATH}{name}/{source.session}"
+        return HttpResponse(
+            HTTPStatus.CREATED, answer.encode(), [("Content-Type", "application/sdp"), ("Location", location)]
+        )
+
+    async def _free_name(self, engine: Engine, name: str) -> None:
+        existing = engine.source(name)
+        if existing is None:
+            return
+        if isinstance(existing, WebRTCSource) and existing.stats.state in (SourceState.ENDED, SourceState.OFFLINE):
+            await engine.remove_stream(name)
+            return
+        raise HttpError(HTTPStatus.CONFLICT, f"a stream named {name!r} is in use")
+
+    # --- DELETE /v1/whip/<name>/<session> --------------------------------------------------------
+    async def _session(self, req: HttpRequest, name: str, session: str) -> HttpResponse:
+        if req.method != "DELETE":
+            # PATCH (trickle ICE, ICE restarts) is not supported: offers carry all their candidates.
+            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, "end the session with DELETE", [("Allow", "DELETE")])
+        engine = self._authorize(req)
+        source = engine.source(name)
+        if not isinstance(source, WebRTCSource) or not hmac.compare_digest(source.session.encode(), session.encode()):
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such WHIP session")
+        try:
+            await engine.remove_stream(name)
+        except UnknownStream:  # removed meanwhile (a websocket remove_stream, say)
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such WHIP session") from None
+        log.info("whip: %s stopped publishing", name)
+        return HttpResponse(HTTPStatus.OK)
+
+    def _authorize(self, req: HttpRequest) -> Engine:
+        scheme, _, token = req.headers.get("Authorization", "").partition(" ")
+        challenge = [("WWW-Authenticate", 'Bearer realm="livesight"')]
+        if scheme.lower() != "bearer" or not token:
+            raise HttpError(HTTPStatus.UNAUTHORIZED, "send Authorization: Bearer <token>", challenge)
+        if not hmac.compare_digest(token.strip().encode(), self._token.encode()):
+            raise HttpError(HTTPStatus.UNAUTHORIZED, "wrong token", challenge)
+        engine = self._engine()
+        if engine is None:
+            raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "starting", [("Retry-After", "5")])
+        return engine
