@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from livesight.errors import BadRequest, Busy, LivesightError, UnknownStream
+from livesight.errors import BadRequest, Busy, ConfigError, LivesightError, UnknownStream
 from livesight.sessions import SessionStore
-from memory import MemoryStats, RollingMemory
+from memory import HiCoMemory, HiCoSettings, HiCoStats, TierStats
 from models.adapter import ModelAdapter, Prefix, Turn
 from stream.frame import Frame
 from stream.source import Source, SourceState
@@ -60,14 +60,14 @@ class Question:
 class StreamRuntime:
     spec: SourceSpec
     source: Source
-    memory: RollingMemory
+    memory: HiCoMemory
     lossless: bool
     prefix: Prefix | None = None  # inference thread only
     pending: Frame | None = None
     taken: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0  # frames replaced in the pending slot before the worker took them
     ingested: int = 0
-    mem_stats: MemoryStats | None = None  # published by the inference thread after each change
+    mem_stats: HiCoStats | None = None  # published by the inference thread after each change
     last_captured_at: float | None = None
     error: str | None = None
     task: asyncio.Task[None] | None = None
@@ -92,6 +92,10 @@ class Engine:
         self.adapter = adapter
         self.settings = settings
         self.budget = settings.budget or adapter.default_budget
+        try:
+            self.memory_settings = HiCoSettings.fit(self.budget, adapter.tokens_per_frame)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self._make_source = make_source
         self._clock = clock
         self.sessions = sessions or SessionStore()
@@ -128,7 +132,7 @@ class Engine:
             raise Busy(f"at most {self.settings.max_streams} streams")
         lossless = not self.settings.realtime and spec.kind in ("file", "demo")
         source = self._make_source(spec, self.settings.fps, not lossless)
-        rt = StreamRuntime(spec, source, RollingMemory(self.budget), lossless)
+        rt = StreamRuntime(spec, source, HiCoMemory(self.memory_settings), lossless)
         self._streams[spec.name] = rt
         rt.task = asyncio.create_task(self._run_stream(rt), name=f"stream:{spec.name}")
         log.info("stream %s: %s", spec.name, spec.display_url)
@@ -181,18 +185,12 @@ class Engine:
             rt.mem_stats = rt.memory.stats()
 
     def _sync_prefix(self, rt: StreamRuntime) -> Prefix:
-        """Bring the stream's cached prefix up to its memory: append new segments, or rebuild when
-        older segments changed (eviction)."""
-        segments = rt.memory.segments()
-        prefix = rt.prefix
-        if prefix is not None:
-            have = prefix.segment_ids
-            if tuple(s.id for s in segments[: len(have)]) == have:
-                if len(segments) > len(have):
-                    prefix = self.adapter.extend_prefix(prefix, segments[len(have) :])
-                rt.prefix = prefix
-                return prefix
-        rt.prefix = self.adapter.build_prefix(segments)
+        """Bring the stream's cached prefix up to its memory: append new segments, and re-prefill from
+        the first segment that changed (re-compression, eviction). Runs right after each ingest, so a
+        question finds the prefix current and waits for at most one frame's update."""
+        # Taken out while it is updated: if the update fails, the next call rebuilds from scratch.
+        prefix, rt.prefix = rt.prefix, None
+        rt.prefix = self.adapter.update_prefix(prefix, rt.memory.segments())
         return rt.prefix
 
     # --- questions -----------------------------------------------------------------------------
@@ -310,6 +308,8 @@ class Engine:
                     "memory_tokens": stats.tokens if stats else 0,
                     "memory_frames": stats.frames if stats else 0,
                     "memory_span": [stats.start, stats.end] if stats and stats.start is not None else None,
+                    "memory_tiers": [_tier(t) for t in stats.tiers] if stats else [],
+                    "long_term": stats.long_term if stats else 0,
                     "last_frame_age_s": None if rt.last_captured_at is None else round(now - rt.last_captured_at, 3),
                     "error": rt.error or rt.source.stats.error,
                 }
@@ -322,7 +322,25 @@ class Engine:
 
 
 def _context(prefix: Prefix) -> dict[str, Any]:
-    return {"start": prefix.start, "end": prefix.end, "frames": prefix.frames, "tokens": prefix.length}
+    return {
+        "start": prefix.start,
+        "end": prefix.end,
+        "frames": prefix.frames,
+        "tokens": prefix.length,
+        "visual_tokens": prefix.visual_tokens,
+    }
+
+
+def _tier(t: TierStats) -> dict[str, Any]:
+    """One memory tier for ``streams``: tier 0 is the recent native frames, 1 the clips, 2.. older."""
+    span = [t.start, t.end] if t.start is not None else None
+    return {
+        "tier": t.tier,
+        "tokens_per_frame": t.tokens_per_frame,
+        "tokens": t.tokens,
+        "frames": t.frames,
+        "span": span,
+    }
 
 
 def _error(qid: str | None, exc: LivesightError) -> dict[str, Any]:

@@ -130,6 +130,19 @@ class HiCoSettings:
         tiers = tuple(Tier(p, share) for p in per_frame)
         return cls(budget, native_tokens, tiers, clip_frames, recent_frames, group, long_term, heads)
 
+    @classmethod
+    def fit(cls, budget: int, native_tokens: int) -> HiCoSettings:
+        """The default layout (:meth:`for_budget`), made smaller until it fits a small ``budget``: fewer
+        recent frames first, then fewer tiers. Raises ``ValueError`` if not even one tier of clips fits."""
+        problem = ""
+        for per_frame in ((16, 8, 4), (16, 8), (16,)):
+            for recent in (4, 2, 0):
+                try:
+                    return cls.for_budget(budget, native_tokens, per_frame=per_frame, recent_frames=recent)
+                except ValueError as exc:
+                    problem = str(exc)
+        raise ValueError(f"a budget of {budget} tokens is too small for {native_tokens} tokens per frame: {problem}")
+
 
 @dataclass(frozen=True, slots=True)
 class Record:

@@ -6,9 +6,12 @@ rest: interleave text and visual embeddings, prefill a KV cache with explicit po
 segments arrive, and answer questions on it without disturbing it.
 
 Position policy (1-D families): the prefix holds positions ``0 .. length-1`` contiguously; appended
-segments continue from ``next_position``; a question continues from the prefix. A rebuilt prefix (after
-eviction or re-compression) is renumbered from 0. Under this policy a question answered on the cached
-prefix gives the same logits as one full forward pass over the same pieces (tested).
+segments continue from ``next_position``; a question continues from the prefix. When older segments
+change (re-compression or eviction in the memory), :meth:`EmbeddingContext.update_prefix` crops the cache
+back to the end of the last segment both versions share and prefills the rest from there, so positions
+stay contiguous from 0. Because the cache is causal, the kept part is exactly what a fresh prefill would
+compute. Under this policy a question answered on the cached prefix gives the same logits as one full
+forward pass over the same pieces (tested, max abs difference <= 1e-4).
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ class EmbeddingPrefix:
     length: int
     next_position: int
     segment_ids: tuple[int, ...]
+    #: cache length after the head text and after each segment: ``ends[i]`` is where segment ``i`` stops
+    ends: tuple[int, ...] = ()
+    head_length: int = 0
     start: float | None = None
     end: float | None = None
     frames: int = 0
@@ -120,34 +126,61 @@ class EmbeddingContext:
         pieces: list[Piece] = [self.head_text()]
         for seg in segments:
             pieces.extend(self.segment_pieces(seg))
-        _, n = self._prefill(pieces, cache, 0)
-        prefix = EmbeddingPrefix(cache=cache, length=n, next_position=n, segment_ids=())
-        self._account(prefix, segments)
-        return prefix
+        _, n = self._prefill([self.head_text()], cache, 0)
+        prefix = EmbeddingPrefix(cache=cache, length=n, next_position=n, segment_ids=(), head_length=n)
+        return self.extend_prefix(prefix, segments)
 
     def extend_prefix(self, prefix: Prefix, segments: Sequence[Segment]) -> EmbeddingPrefix:
         prefix = own(prefix)
         if not segments:
             return prefix
-        pieces: list[Piece] = []
-        for seg in segments:
-            pieces.extend(self.segment_pieces(seg))
-        _, n = self._prefill(pieces, prefix.cache, prefix.next_position)
-        prefix.length += n
-        prefix.next_position += n
-        self._account(prefix, segments)
+        embeds = [self.embed_pieces(self.segment_pieces(seg)) for seg in segments]
+        lengths = [int(e.shape[0]) for e in embeds]
+        with torch.inference_mode():
+            self.forward(
+                torch.cat(embeds).unsqueeze(0),
+                self.positions(prefix.next_position, sum(lengths)),
+                prefix.cache,
+                all_logits=False,
+            )
+        for seg, n in zip(segments, lengths, strict=True):
+            prefix.length += n
+            prefix.next_position += n
+            prefix.ends = (*prefix.ends, prefix.length)
+            prefix.segment_ids = (*prefix.segment_ids, seg.id)
+            prefix.start = seg.start if prefix.start is None else prefix.start
+            prefix.end = seg.end
+            prefix.frames += seg.frames
+            prefix.visual_tokens += seg.num_tokens
         return prefix
 
-    @staticmethod
-    def _account(prefix: EmbeddingPrefix, segments: Sequence[Segment]) -> None:
-        if not segments:
-            return
-        prefix.segment_ids = prefix.segment_ids + tuple(s.id for s in segments)
-        if prefix.start is None:
-            prefix.start = segments[0].start
-        prefix.end = segments[-1].end
-        prefix.frames += sum(s.frames for s in segments)
-        prefix.visual_tokens += sum(s.num_tokens for s in segments)
+    def update_prefix(self, prefix: Prefix | None, segments: Sequence[Segment]) -> EmbeddingPrefix:
+        """Bring ``prefix`` up to ``segments`` (the memory's current ones, time order), in place.
+
+        Segments it already holds in the same leading order are kept; from the first one that differs
+        the cache is cropped and prefilled again, so appending a clip costs only the clip and a
+        re-compressed tier costs only what follows it. ``None`` builds from scratch. If this raises,
+        the prefix is left inconsistent: the caller drops it and passes ``None`` next time.
+        """
+        if prefix is None:
+            return self.build_prefix(segments)
+        prefix = own(prefix)
+        have = prefix.segment_ids
+        keep = 0
+        while keep < min(len(have), len(segments)) and have[keep] == segments[keep].id:
+            keep += 1
+        if keep < len(have):
+            cut = prefix.ends[keep - 1] if keep else prefix.head_length
+            restore(prefix)
+            prefix.cache.crop(-(prefix.cache.get_seq_length() - cut))
+            prefix.length = prefix.next_position = cut
+            prefix.ends, prefix.segment_ids = prefix.ends[:keep], have[:keep]
+            kept = segments[:keep]
+            prefix.start = kept[0].start if kept else None
+            prefix.end = kept[-1].end if kept else None
+            prefix.frames = sum(s.frames for s in kept)
+            prefix.visual_tokens = sum(s.num_tokens for s in kept)
+        return self.extend_prefix(prefix, segments[keep:])
 
     @torch.inference_mode()
     def question_logits(self, prefix: EmbeddingPrefix, turns: Sequence[Turn], question: str) -> torch.Tensor:
