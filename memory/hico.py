@@ -124,10 +124,19 @@ class HiCoSettings:
         long_term: int = 4096,
         heads: int = 1,
     ) -> HiCoSettings:
-        """Tiers at ``per_frame`` tokens per frame sharing what the recent frames leave of ``budget`` equally."""
-        rest = budget - (recent_frames + clip_frames - 1) * native_tokens
-        share = max(0, rest) // max(1, len(per_frame))
-        tiers = tuple(Tier(p, share) for p in per_frame)
+        """Tiers at ``per_frame`` tokens per frame sharing what the recent frames leave of ``budget`` equally.
+
+        Each share is rounded down to whole segments of its tier (a tier holds whole segments, so the
+        remainder could never be used) and what is left over goes to the oldest tier, which covers the
+        most time per token."""
+        rest = max(0, budget - (recent_frames + clip_frames - 1) * native_tokens)
+        probe = cls(10**12, native_tokens, tuple(Tier(p, 10**11) for p in per_frame), clip_frames, 0, group)
+        seg = probe.segment_tokens()
+        share = rest // max(1, len(per_frame))
+        caps = [share - share % s if share >= s else share for s in seg]
+        left = rest - sum(caps)
+        caps[-1] += left - left % seg[-1]
+        tiers = tuple(Tier(p, c) for p, c in zip(per_frame, caps, strict=True))
         return cls(budget, native_tokens, tiers, clip_frames, recent_frames, group, long_term, heads)
 
     @classmethod

@@ -103,7 +103,7 @@ def test_deterministic(case: tuple[HiCoSettings, list[float], int]) -> None:
 def test_tiers_fill_in_order_and_evict_to_long_term() -> None:
     cfg = HiCoSettings.for_budget(1024, 16)  # the tiny model: 16 native tokens per frame
     assert cfg.native_max() == 7 * 16
-    assert [t.capacity for t in cfg.tiers] == [304, 304, 304]
+    assert [t.capacity for t in cfg.tiers] == [256, 256, 384]  # whole 64-token segments; the rest to the oldest
     mem = feed(cfg, [float(i) for i in range(600)], 0)
     st_ = mem.stats()
     assert [t.tier for t in st_.tiers] == [0, 1, 2, 3]
