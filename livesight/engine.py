@@ -23,6 +23,7 @@ from livesight.errors import BadRequest, Busy, ConfigError, LivesightError, Unkn
 from livesight.sessions import SessionStore
 from memory import HiCoMemory, HiCoSettings, HiCoStats, TierStats
 from models.adapter import ModelAdapter, Prefix, Turn
+from models.guided import GuidedAnswerer, GuidedSettings
 from stream.frame import Frame
 from stream.source import Source, SourceState
 from stream.spec import SourceSpec
@@ -54,6 +55,9 @@ class Question:
     deliver: Deliver
     received: float  # clock time the request arrived
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: "uniform" or "attention": answer with a fresh prefill that drops visual tokens inside the model
+    #: (models/guided.py); None: on the cached prefix
+    guided: str | None = None
 
 
 @dataclass(eq=False)
@@ -198,6 +202,8 @@ class Engine:
         """Queue a question; raises :class:`UnknownStream` or :class:`Busy` (retry later)."""
         if q.stream not in self._streams:
             raise UnknownStream(f"no stream named {q.stream!r}; streams: {', '.join(self._streams) or 'none'}")
+        if q.guided is not None and not hasattr(self.adapter, "language_model"):
+            raise BadRequest(f"{self.adapter.model_id} does not support guided answers")
         if len(self._questions) >= self.settings.max_queue:
             raise Busy(f"{len(self._questions)} questions are waiting; ask again in a moment")
         self._questions.append(q)
@@ -224,12 +230,17 @@ class Engine:
             prefix = self._sync_prefix(rt)
             first: float | None = None
             parts: list[str] = []
-            for piece in self.adapter.generate(prefix, turns, q.text, q.max_new_tokens, q.cancel):
+            if q.guided is None:
+                pieces = self.adapter.generate(prefix, turns, q.text, q.max_new_tokens, q.cancel)
+            else:
+                guided = GuidedAnswerer(self.adapter, GuidedSettings.for_depth(q.guided, self._depth()))  # type: ignore[arg-type]
+                pieces = guided.generate(rt.memory.segments(), turns, q.text, q.max_new_tokens, q.cancel)
+            for piece in pieces:
                 if first is None:
                     first = self._clock()
                 parts.append(piece)
                 loop.call_soon_threadsafe(q.deliver, {"type": "token", "id": q.id, "text": piece})
-            return "".join(parts), first, _context(prefix)
+            return "".join(parts), first, {**_context(prefix), "guided": q.guided}
 
         self._current = q
         try:
@@ -263,6 +274,10 @@ class Engine:
                 },
             }
         )
+
+    def _depth(self) -> int:
+        decoder, _ = self.adapter.language_model()  # type: ignore[attr-defined]
+        return len(decoder.layers)
 
     # --- the worker ----------------------------------------------------------------------------
     async def _work(self) -> None:

@@ -17,7 +17,7 @@ forward pass over the same pieces (tested, max abs difference <= 1e-4).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,9 +240,13 @@ class EmbeddingContext:
         cancel: threading.Event,
     ) -> Iterator[str]:
         """Greedy answer as text pieces, decoded incrementally (never splitting a UTF-8 character)."""
+        return self.text_pieces(self.generate_ids(own(prefix), turns, question, max_new_tokens, cancel))
+
+    def text_pieces(self, tokens: Iterable[int]) -> Iterator[str]:
+        """Token ids -> text pieces as soon as they decode to whole characters."""
         ids: list[int] = []
         sent = ""
-        for token in self.generate_ids(own(prefix), turns, question, max_new_tokens, cancel):
+        for token in tokens:
             ids.append(token)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[attr-defined]
             if text.endswith("\ufffd"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -47,6 +47,15 @@ class GuidedSettings:
     layers: tuple[int, ...] = (4, 18)
     keep: tuple[float, ...] = (0.75, 0.25)
 
+    @classmethod
+    def for_depth(cls, mode: Literal["uniform", "attention"], n_layers: int) -> GuidedSettings:
+        """The model card's setting scaled to a decoder of ``n_layers``: cuts at 4/28 and 18/28 of the depth."""
+        first = min(n_layers - 1, round(n_layers * 4 / 28))
+        second = min(n_layers - 1, max(first + 1, round(n_layers * 18 / 28)))
+        if second == first:
+            return cls(mode, (first,), (0.25,))
+        return cls(mode, (first, second), (0.75, 0.25))
+
     def __post_init__(self) -> None:
         if self.mode not in ("uniform", "attention"):
             raise ValueError(f"mode must be uniform or attention, got {self.mode!r}")
@@ -69,6 +78,7 @@ class GuidedFamily(Protocol):
     def suffix_text(self, turns: Sequence[Turn], question: str) -> str: ...
     def embed_pieces(self, pieces: Sequence[Piece]) -> torch.Tensor: ...
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor: ...
+    def text_pieces(self, tokens: Iterable[int]) -> Iterator[str]: ...
     def language_model(self) -> tuple[Any, Any]:
         """``(decoder, lm_head)``: a transformers decoder with ``layers``, ``rotary_emb`` and ``norm``."""
         ...
@@ -203,6 +213,17 @@ class GuidedAnswerer:
                 hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=state.cache)
                 state.lengths[i] += 1
             logits = self.lm_head(self.decoder.norm(hidden))[0, -1].float()
+
+    def generate(
+        self,
+        segments: Sequence[Segment],
+        turns: Sequence[Turn],
+        question: str,
+        max_new_tokens: int,
+        cancel: threading.Event,
+    ) -> Iterator[str]:
+        """:meth:`generate_ids` as text pieces."""
+        return self.family.text_pieces(self.generate_ids(segments, turns, question, max_new_tokens, cancel))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -83,3 +83,17 @@ def test_settings_are_checked(adapter: SmolVLMAdapter) -> None:
         GuidedSettings("uniform", (1, 2), (0.5,))
     with pytest.raises(ValueError, match="beyond"):
         GuidedAnswerer(adapter, GuidedSettings("uniform", (5,), (0.5,)))
+
+
+def test_default_cuts_scale_with_depth() -> None:
+    assert GuidedSettings.for_depth("attention", 28) == GuidedSettings("attention", (4, 18), (0.75, 0.25))
+    assert GuidedSettings.for_depth("uniform", 30).layers == (4, 19)
+    assert GuidedSettings.for_depth("uniform", 2) == GuidedSettings("uniform", (0, 1), (0.75, 0.25))
+    assert GuidedSettings.for_depth("uniform", 1) == GuidedSettings("uniform", (0,), (0.25,))
+
+
+def test_guided_text_matches_plain_text_when_nothing_is_dropped(adapter: SmolVLMAdapter, memory: HiCoMemory) -> None:
+    segs = memory.segments()
+    plain = "".join(adapter.generate(adapter.build_prefix(segs), [], QUESTION, 6, threading.Event()))
+    guided = GuidedAnswerer(adapter, GuidedSettings("attention", (1,), (1.0,)))
+    assert "".join(guided.generate(segs, [], QUESTION, 6, threading.Event())) == plain

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from livesight.errors import ConfigError
 from models.smolvlm import SmolVLMAdapter, random_model, tiny_config, tiny_tokenizer
 from stream.factory import make_source
 from stream.spec import parse_source
+from web.protocol import Ask, ProtocolError, parse
 
 
 def tiny() -> SmolVLMAdapter:
@@ -51,15 +53,18 @@ async def test_streams_report_tiers_and_answers_report_their_context() -> None:
             if msg["type"] in ("answer", "error"):
                 done.set()
 
-        engine.submit(Question("q1", "demo", "what happened?", 4, None, deliver, time.time()))
-        async with asyncio.timeout(30):
-            await done.wait()
-        answer = got[-1]
-        assert answer["type"] == "answer", answer
-        ctx = answer["context"]
-        assert 0 < ctx["visual_tokens"] <= 480 < ctx["tokens"]  # the prompt text comes on top of the visual tokens
-        assert ctx["start"] < ctx["end"]
-        assert ctx["frames"] >= 8
+        for guided in (None, "attention"):
+            done.clear()
+            engine.submit(Question("q1", "demo", "what happened?", 4, None, deliver, time.time(), guided=guided))
+            async with asyncio.timeout(30):
+                await done.wait()
+            answer = got[-1]
+            assert answer["type"] == "answer", answer
+            ctx = answer["context"]
+            assert ctx["guided"] == guided
+            assert 0 < ctx["visual_tokens"] <= 480 < ctx["tokens"]  # prompt text comes on top of visual tokens
+            assert ctx["start"] < ctx["end"]
+            assert ctx["frames"] >= 8
     finally:
         await engine.close()
 
@@ -67,3 +72,14 @@ async def test_streams_report_tiers_and_answers_report_their_context() -> None:
 def test_a_budget_too_small_for_one_tier_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="too small"):
         Engine(tiny(), EngineSettings(budget=64), lambda spec, fps, realtime: make_source(spec, fps))
+
+
+def test_ask_accepts_a_guided_mode_and_rejects_others() -> None:
+    msg = parse(json.dumps({"type": "ask", "id": "a", "stream": "s", "question": "q", "guided": "attention"}))
+    assert isinstance(msg, Ask)
+    assert msg.guided == "attention"
+    plain = parse(json.dumps({"type": "ask", "id": "a", "stream": "s", "question": "q"}))
+    assert isinstance(plain, Ask)
+    assert plain.guided is None
+    with pytest.raises(ProtocolError, match="guided"):
+        parse(json.dumps({"type": "ask", "id": "a", "stream": "s", "question": "q", "guided": "all"}))
