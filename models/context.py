@@ -165,6 +165,9 @@ class EmbeddingContext:
         if prefix is None:
             return self.build_prefix(segments)
         prefix = own(prefix)
+        if len(prefix.ends) != len(prefix.segment_ids):
+            # Built by an override that does not record segment boundaries: nothing to crop back to.
+            return self.build_prefix(segments)
         have = prefix.segment_ids
         keep = 0
         while keep < min(len(have), len(segments)) and have[keep] == segments[keep].id:

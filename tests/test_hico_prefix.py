@@ -76,3 +76,20 @@ def test_answers_stream_on_an_updated_prefix(adapter: SmolVLMAdapter) -> None:
     text = "".join(adapter.generate(prefix, [], "what do you see?", 8, threading.Event()))
     assert isinstance(text, str)
     assert prefix.length == prefix.cache.get_seq_length() == length
+
+
+def test_a_prefix_without_segment_boundaries_is_rebuilt(adapter: SmolVLMAdapter) -> None:
+    """A family override of build_prefix that records no boundaries still gets a correct prefix."""
+    mem = HiCoMemory(HiCoSettings.fit(480, adapter.tokens_per_frame))
+    frames = adapter.encode([render(float(t), 128, 72) for t in range(12)]).tokens
+    for t in range(8):
+        mem.add_frame(frames[t], float(t))
+    prefix = adapter.build_prefix(mem.segments())
+    prefix.ends = ()
+    for t in range(8, 12):
+        mem.add_frame(frames[t], float(t))  # t = 11 completes a clip: the tail changes
+    prefix = adapter.update_prefix(prefix, mem.segments())
+    assert len(prefix.ends) == len(prefix.segment_ids) == len(mem.segments())
+    cached = adapter.question_logits(prefix, [], "what is red?")
+    full = adapter.full_logits(mem.segments(), [], "what is red?")
+    assert float((cached - full).abs().max()) <= 1e-4
