@@ -22,8 +22,9 @@ from typing import Any
 from livesight.errors import BadRequest, Busy, ConfigError, LivesightError, UnknownStream
 from livesight.sessions import SessionStore
 from livesight.subscriptions import Subscriptions
-from memory import MemoryStats, RollingMemory
+from memory import HiCoMemory, HiCoSettings, HiCoStats, TierStats
 from models.adapter import ModelAdapter, Prefix, Turn
+from models.guided import GuidedAnswerer, GuidedSettings
 from stream.frame import Frame
 from stream.source import Source, SourceState
 from stream.spec import SourceSpec
@@ -55,20 +56,23 @@ class Question:
     deliver: Deliver
     received: float  # clock time the request arrived
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: "uniform" or "attention": answer with a fresh prefill that drops visual tokens inside the model
+    #: (models/guided.py); None: on the cached prefix
+    guided: str | None = None
 
 
 @dataclass(eq=False)
 class StreamRuntime:
     spec: SourceSpec
     source: Source
-    memory: RollingMemory
+    memory: HiCoMemory
     lossless: bool
     prefix: Prefix | None = None  # inference thread only
     pending: Frame | None = None
     taken: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0  # frames replaced in the pending slot before the worker took them
     ingested: int = 0
-    mem_stats: MemoryStats | None = None  # published by the inference thread after each change
+    mem_stats: HiCoStats | None = None  # published by the inference thread after each change
     last_captured_at: float | None = None
     error: str | None = None
     task: asyncio.Task[None] | None = None
@@ -94,11 +98,10 @@ class Engine:
         self.adapter = adapter
         self.settings = settings
         self.budget = settings.budget or adapter.default_budget
-        if self.budget < adapter.tokens_per_frame:
-            raise ConfigError(
-                f"a budget of {self.budget} tokens cannot hold one frame of {adapter.model_id} "
-                f"({adapter.tokens_per_frame} tokens); use --budget {adapter.tokens_per_frame * 8} or more"
-            )
+        try:
+            self.memory_settings = HiCoSettings.fit(self.budget, adapter.tokens_per_frame)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (model {adapter.model_id}; raise --budget)") from None
         self._make_source = make_source
         self._clock = clock
         self.sessions = sessions or SessionStore()
@@ -147,7 +150,7 @@ class Engine:
             raise Busy(f"at most {self.settings.max_streams} streams")
 
     def _attach(self, spec: SourceSpec, source: Source, lossless: bool) -> None:
-        rt = StreamRuntime(spec, source, RollingMemory(self.budget), lossless)
+        rt = StreamRuntime(spec, source, HiCoMemory(self.memory_settings), lossless)
         self._streams[spec.name] = rt
         loop = asyncio.get_running_loop()
         # Sources change state in their own threads; hop to the loop before telling subscribers.
@@ -218,18 +221,12 @@ class Engine:
             rt.mem_stats = rt.memory.stats()
 
     def _sync_prefix(self, rt: StreamRuntime) -> Prefix:
-        """Bring the stream's cached prefix up to its memory: append new segments, or rebuild when
-        older segments changed (eviction)."""
-        segments = rt.memory.segments()
-        prefix = rt.prefix
-        if prefix is not None:
-            have = prefix.segment_ids
-            if tuple(s.id for s in segments[: len(have)]) == have:
-                if len(segments) > len(have):
-                    prefix = self.adapter.extend_prefix(prefix, segments[len(have) :])
-                rt.prefix = prefix
-                return prefix
-        rt.prefix = self.adapter.build_prefix(segments)
+        """Bring the stream's cached prefix up to its memory: append new segments, and re-prefill from
+        the first segment that changed (re-compression, eviction). Runs right after each ingest, so a
+        question finds the prefix current and waits for at most one frame's update."""
+        # Taken out while it is updated: if the update fails, the next call rebuilds from scratch.
+        prefix, rt.prefix = rt.prefix, None
+        rt.prefix = self.adapter.update_prefix(prefix, rt.memory.segments())
         return rt.prefix
 
     # --- questions -----------------------------------------------------------------------------
@@ -237,6 +234,8 @@ class Engine:
         """Queue a question; raises :class:`UnknownStream` or :class:`Busy` (retry later)."""
         if q.stream not in self._streams:
             raise UnknownStream(f"no stream named {q.stream!r}; streams: {', '.join(self._streams) or 'none'}")
+        if q.guided is not None and not hasattr(self.adapter, "language_model"):
+            raise BadRequest(f"{self.adapter.model_id} does not support guided answers")
         if len(self._questions) >= self.settings.max_queue:
             raise Busy(f"{len(self._questions)} questions are waiting; ask again in a moment")
         self._questions.append(q)
@@ -263,12 +262,17 @@ class Engine:
             prefix = self._sync_prefix(rt)
             first: float | None = None
             parts: list[str] = []
-            for piece in self.adapter.generate(prefix, turns, q.text, q.max_new_tokens, q.cancel):
+            if q.guided is None:
+                pieces = self.adapter.generate(prefix, turns, q.text, q.max_new_tokens, q.cancel)
+            else:
+                guided = GuidedAnswerer(self.adapter, GuidedSettings.for_depth(q.guided, self._depth()))  # type: ignore[arg-type]
+                pieces = guided.generate(rt.memory.segments(), turns, q.text, q.max_new_tokens, q.cancel)
+            for piece in pieces:
                 if first is None:
                     first = self._clock()
                 parts.append(piece)
                 loop.call_soon_threadsafe(q.deliver, {"type": "token", "id": q.id, "text": piece})
-            return "".join(parts), first, _context(prefix)
+            return "".join(parts), first, {**_context(prefix), "guided": q.guided}
 
         self._current = q
         try:
@@ -303,6 +307,10 @@ class Engine:
                 },
             }
         )
+
+    def _depth(self) -> int:
+        decoder, _ = self.adapter.language_model()  # type: ignore[attr-defined]
+        return len(decoder.layers)
 
     # --- the worker ----------------------------------------------------------------------------
     async def _work(self) -> None:
@@ -359,6 +367,8 @@ class Engine:
                     "memory_tokens": stats.tokens if stats else 0,
                     "memory_frames": stats.frames if stats else 0,
                     "memory_span": [stats.start, stats.end] if stats and stats.start is not None else None,
+                    "memory_tiers": [_tier(t) for t in stats.tiers] if stats else [],
+                    "long_term": stats.long_term if stats else 0,
                     "last_frame_age_s": None if rt.last_captured_at is None else round(now - rt.last_captured_at, 3),
                     "error": rt.error or rt.source.stats.error,
                 }
@@ -400,7 +410,25 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[StreamRuntime], No
 
 
 def _context(prefix: Prefix) -> dict[str, Any]:
-    return {"start": prefix.start, "end": prefix.end, "frames": prefix.frames, "tokens": prefix.length}
+    return {
+        "start": prefix.start,
+        "end": prefix.end,
+        "frames": prefix.frames,
+        "tokens": prefix.length,
+        "visual_tokens": prefix.visual_tokens,
+    }
+
+
+def _tier(t: TierStats) -> dict[str, Any]:
+    """One memory tier for ``streams``: tier 0 is the recent native frames, 1 the clips, 2.. older."""
+    span = [t.start, t.end] if t.start is not None else None
+    return {
+        "tier": t.tier,
+        "tokens_per_frame": t.tokens_per_frame,
+        "tokens": t.tokens,
+        "frames": t.frames,
+        "span": span,
+    }
 
 
 def _error(qid: str | None, exc: LivesightError) -> dict[str, Any]:

@@ -4,7 +4,21 @@ Tensors and timestamps in, tensors out. No asyncio, no threads, no clock reads, 
 whatever device the tokens arrive on is the device they stay on.
 """
 
+from memory.hico import HiCoMemory, HiCoSettings, HiCoStats, Record, Tier, TierStats
+from memory.merge import Merged, merge_tokens
 from memory.rolling import MemoryStats, RollingMemory
 from memory.segment import Segment
 
-__all__ = ["MemoryStats", "RollingMemory", "Segment"]
+__all__ = [
+    "HiCoMemory",
+    "HiCoSettings",
+    "HiCoStats",
+    "MemoryStats",
+    "Merged",
+    "Record",
+    "RollingMemory",
+    "Segment",
+    "Tier",
+    "TierStats",
+    "merge_tokens",
+]

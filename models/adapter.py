@@ -84,6 +84,11 @@ class ModelAdapter(Protocol):
         """Append ``segments`` (newer than everything in ``prefix``) to the cached context, in place."""
         ...
 
+    def update_prefix(self, prefix: Prefix | None, segments: Sequence[Segment]) -> Prefix:
+        """Bring ``prefix`` up to ``segments`` (the memory's current ones, time order), reusing the cached
+        part they share in order and prefilling the rest; ``None`` builds from scratch."""
+        ...
+
     def generate(
         self,
         prefix: Prefix,

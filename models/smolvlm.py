@@ -104,6 +104,10 @@ class SmolVLMAdapter(EmbeddingContext):
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
+    def language_model(self) -> tuple[Any, Any]:
+        """``(decoder, lm_head)`` for question-guided prefill (:mod:`models.guided`)."""
+        return self.model.model.text_model, self.model.lm_head
+
     def forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, *, all_logits: bool
     ) -> torch.Tensor:

@@ -11,14 +11,14 @@ import torch
 import livesight.engine as engine_mod
 from livesight.engine import Engine, EngineSettings
 from livesight.errors import ConfigError
-from memory import RollingMemory
+from memory import HiCoMemory
 from models.smolvlm import SmolVLMAdapter
 from stream.spec import parse_source
 from tests.conftest import source_factory
 from tests.media import write_video
 
 
-class WatchedMemory(RollingMemory):
+class WatchedMemory(HiCoMemory):
     """The real memory, recording the most tokens it ever held."""
 
     peak = 0
@@ -40,10 +40,10 @@ async def until_ingested(engine: Engine, name: str, frames: int, timeout: float 
 async def test_memory_never_exceeds_its_budget_over_a_long_fast_run(
     tiny: SmolVLMAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_mod, "RollingMemory", WatchedMemory)
+    monkeypatch.setattr(engine_mod, "HiCoMemory", WatchedMemory)
     WatchedMemory.peak = 0
     video = write_video(tmp_path / "long.mp4", seconds=300, fps=2, size=(64, 48))
-    budget = 5 * tiny.tokens_per_frame
+    budget = 32 * tiny.tokens_per_frame
     engine = Engine(tiny, EngineSettings(fps=1.0, budget=budget, realtime=False), source_factory)
     await engine.start([parse_source(f"long={video}")])
     try:
@@ -51,7 +51,7 @@ async def test_memory_never_exceeds_its_budget_over_a_long_fast_run(
     finally:
         await engine.close()
     assert info["frames"] == 300 and info["dropped"] == 0  # lossless when reading as fast as possible
-    assert WatchedMemory.peak == budget  # it filled up to the budget, and never went over
+    assert budget // 2 <= WatchedMemory.peak <= budget  # it filled up, and never went over
     assert isinstance(info["memory_tokens"], int) and 0 < info["memory_tokens"] <= budget
 
 
@@ -71,5 +71,5 @@ async def test_two_streams_share_one_worker_and_both_fill_memory(tiny: SmolVLMAd
 
 
 def test_a_budget_smaller_than_one_frame_is_refused(tiny: SmolVLMAdapter) -> None:
-    with pytest.raises(ConfigError, match="cannot hold one frame"):
+    with pytest.raises(ConfigError, match="too small"):
         Engine(tiny, EngineSettings(budget=tiny.tokens_per_frame - 1), source_factory)

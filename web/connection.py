@@ -193,6 +193,7 @@ class ClientConnection:
             text=msg.question,
             max_new_tokens=msg.max_new_tokens,
             session=msg.session,
+            guided=msg.guided,
             deliver=self._from_engine,
             received=self._clock(),
         )

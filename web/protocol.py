@@ -40,6 +40,9 @@ class Ask(_Msg):
     question: Annotated[StrictStr, Field(min_length=1, max_length=MAX_QUESTION_CHARS)]
     max_new_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_NEW_TOKENS)] = 128
     session: Id | None = None
+    #: answer with a fresh prefill that drops visual tokens inside the model, chosen uniformly or by the
+    #: question's attention (slower: the cached prefix is not used); omitted: on the cached prefix
+    guided: Literal["uniform", "attention"] | None = None
 
 
 class Cancel(_Msg):
