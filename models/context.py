@@ -157,15 +157,25 @@ class EmbeddingContext:
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """``[L]`` token ids -> ``[L, D]`` input embeddings."""
-        raise NotImplementedError
+        return self.model.get_input_embeddings()(ids)
 
     def forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, *, all_logits: bool
     ) -> torch.Tensor:
         """Run the language model on ``[1, L, D]`` embeddings at ``positions``, extending ``cache``.
 
-        Returns float logits, ``[1, L, V]`` if ``all_logits`` else ``[1, 1, V]`` (the last position)."""
-        raise NotImplementedError
+        Returns float logits, ``[1, L, V]`` if ``all_logits`` else ``[1, 1, V]`` (the last position).
+        The default suits every ``*ForConditionalGeneration`` whose forward passes ``inputs_embeds`` and
+        ``position_ids`` through to its language model (no pixel values: the visual tokens are already in).
+        """
+        out = self.model(
+            inputs_embeds=embeds,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=0 if all_logits else 1,
+        )
+        return out.logits.float()
 
     def positions(self, start: int, length: int) -> torch.Tensor:
         """Positions of ``length`` text tokens from ``start``: ``[1, L]`` here; M-RoPE families give

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import (
-    DynamicCache,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     PreTrainedTokenizerBase,
@@ -128,20 +127,6 @@ class LlavaOneVisionAdapter(EmbeddingContext):
         return text + f"{question}{IM_END}\n{IM_START}assistant\n"
 
     # --- language model ------------------------------------------------------------------------
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(ids)
-
-    def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, *, all_logits: bool
-    ) -> torch.Tensor:
-        out = self.model(
-            inputs_embeds=embeds,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=0 if all_logits else 1,
-        )
-        return out.logits.float()
 
 
 # --- built-in configurations -----------------------------------------------------------------------

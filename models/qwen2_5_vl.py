@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from memory.segment import Segment
 from models.adapter import Encoded, Turn
@@ -148,20 +148,6 @@ class QwenVLAdapter(EmbeddingContext):
         return place(visual.extras["mrope"].to(self.device), start)
 
     # --- language model ------------------------------------------------------------------------
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(ids)
-
-    def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, *, all_logits: bool
-    ) -> torch.Tensor:
-        out = self.model(
-            inputs_embeds=embeds,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=0 if all_logits else 1,
-        )
-        return out.logits.float()
 
 
 # --- built-in configurations -----------------------------------------------------------------------

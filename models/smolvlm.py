@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase, SmolVLMConfig, SmolVLMForConditionalGeneration
+from transformers import PreTrainedTokenizerBase, SmolVLMConfig, SmolVLMForConditionalGeneration
 
 from memory.segment import Segment
 from models.adapter import Encoded, Turn
@@ -101,24 +101,9 @@ class SmolVLMAdapter(EmbeddingContext):
         return text + f"{question}{EOU}\nAssistant:"
 
     # --- language model ------------------------------------------------------------------------
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(ids)
-
     def language_model(self) -> tuple[Any, Any]:
         """``(decoder, lm_head)`` for question-guided prefill (:mod:`models.guided`)."""
         return self.model.model.text_model, self.model.lm_head
-
-    def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, *, all_logits: bool
-    ) -> torch.Tensor:
-        out = self.model(
-            inputs_embeds=embeds,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=0 if all_logits else 1,
-        )
-        return out.logits.float()
 
 
 # --- built-in configurations -----------------------------------------------------------------------

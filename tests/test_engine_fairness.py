@@ -53,9 +53,10 @@ async def test_no_stream_starves_another(counting: CountingAdapter, realtime: bo
         total = lambda: sum(s["frames"] for s in engine.streams_info())  # noqa: E731
         await until(lambda: total() >= 80, 90, "80 frames ingested")
         frames = {s["name"]: s["frames"] for s in engine.streams_info()}
-        # Every stream got its share: the worker takes the pending frame of every stream at each step, so
-        # counts differ only by how far apart the sources started (their first frames), not by a rate.
-        assert max(frames.values()) - min(frames.values()) <= 6, frames
+        # Every stream got its share: the worker takes the pending frame of every stream at each step. A
+        # stream whose reader refills a moment late misses a batch now and then (more so while other
+        # processes load the machine), so the bound is "no stream starves", not equal counts.
+        assert min(frames.values()) >= max(frames.values()) / 2, frames
         if not realtime:
             # Every stream always has a frame waiting: each encode takes one from every stream, as one batch.
             assert max(counting.batches) == len(names)
