@@ -141,6 +141,30 @@ class EmbeddingContext:
     tokens_per_frame: int
     default_budget: int
 
+    def bind(
+        self,
+        model: Any,
+        tokenizer: Any,
+        model_id: str,
+        default_budget: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        end_of_turn: str,
+    ) -> None:
+        """What every family's constructor sets up alike: the model in eval mode on its device and dtype,
+        the tokenizer, the normalisation, the position limit, and the tokens that end an answer."""
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.default_budget = default_budget
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self._mean, self._std = tuple(mean), tuple(std)
+        self.max_positions = int(model.config.text_config.max_position_embeddings)
+        stops = {tokenizer.convert_tokens_to_ids(end_of_turn), tokenizer.eos_token_id}
+        self.stop_token_ids = frozenset(int(t) for t in stops if isinstance(t, int) and t >= 0)
+
     # --- hooks a family supplies ---------------------------------------------------------------
     def encode(self, images: Sequence[np.ndarray]) -> Encoded:
         """``F`` RGB frames -> visual tokens (see :meth:`models.adapter.ModelAdapter.encode`)."""

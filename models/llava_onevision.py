@@ -65,19 +65,10 @@ class LlavaOneVisionAdapter(EmbeddingContext):
         std: Sequence[float] = SIGLIP_STD,
         encode_batch: int | None = None,
     ) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.model_id = model_id
-        self.default_budget = default_budget
-        first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
+        self.bind(model, tokenizer, model_id, default_budget, mean, std, end_of_turn=self.end_of_turn)
         self._size = int(model.config.vision_config.image_size)
-        self._mean, self._std = tuple(mean), tuple(std)
-        self.max_positions = int(model.config.text_config.max_position_embeddings)
         self.encode_batch = encode_batch or (8 if self.device.type == "cpu" else 64)
         self.tokens_per_frame = self.frame_tokens(model.config)
-        stops = {tokenizer.convert_tokens_to_ids(self.end_of_turn), tokenizer.eos_token_id}
-        self.stop_token_ids = frozenset(int(t) for t in stops if isinstance(t, int) and t >= 0)
 
     # --- encoding ------------------------------------------------------------------------------
     @staticmethod

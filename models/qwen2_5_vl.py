@@ -61,12 +61,7 @@ class QwenVLAdapter(EmbeddingContext):
         std: Sequence[float] = CLIP_STD,
         encode_batch: int | None = None,
     ) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.model_id = model_id
-        self.default_budget = default_budget
-        first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
+        self.bind(model, tokenizer, model_id, default_budget, mean, std, end_of_turn=IM_END)
         vc = model.config.vision_config
         self._patch, self._merge, self._temporal = (
             int(vc.patch_size),
@@ -77,12 +72,8 @@ class QwenVLAdapter(EmbeddingContext):
         self._size = max(unit, size // unit * unit)  # frames are resized to a multiple of patch x merge
         self._side = self._size // unit  # merged tokens per row
         self.tokens_per_frame = self._side**2
-        self._mean, self._std = tuple(mean), tuple(std)
-        self.max_positions = int(model.config.text_config.max_position_embeddings)
         # The vision tower attends within each frame (cu_seqlens), so batching frames is exact.
         self.encode_batch = encode_batch or (8 if self.device.type == "cpu" else 64)
-        stops = {tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id}
-        self.stop_token_ids = frozenset(int(t) for t in stops if isinstance(t, int) and t >= 0)
 
     # --- encoding ------------------------------------------------------------------------------
     def pixels(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,20 +53,11 @@ class SmolVLMAdapter(EmbeddingContext):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.model_id = model_id
-        self.default_budget = default_budget
-        first = next(model.parameters())
-        self.device, self.dtype = first.device, first.dtype
+        self.bind(model, tokenizer, model_id, default_budget, mean, std, end_of_turn=EOU)
         vc = model.config.vision_config
         self._size = int(vc.image_size)
         self._patches = self._size // int(vc.patch_size)
         self.tokens_per_frame = self._patches**2 // int(model.config.scale_factor) ** 2
-        self._mean, self._std = tuple(mean), tuple(std)
-        self.max_positions = int(model.config.text_config.max_position_embeddings)
-        stops = {tokenizer.convert_tokens_to_ids(EOU), tokenizer.eos_token_id}
-        self.stop_token_ids = frozenset(int(t) for t in stops if isinstance(t, int) and t >= 0)
 
     # --- encoding ------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -105,7 +105,7 @@ async def test_a_camera_that_dies_goes_offline_and_comes_back_by_itself(
         down = info(engine)
         assert down["reconnects"] >= 2
         assert down["error"]
-        camera.start()
+        await asyncio.to_thread(camera.start)  # starting blocks until the server is READY
         await wait_for(engine, "live again after the restart", live, within=15)
         before = info(engine)["frames"]
         await wait_for(engine, "frames after the restart", lambda s: s["frames"] > before, within=10)
@@ -129,7 +129,7 @@ async def test_camera_credentials_never_show(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server = RtspServer(user="camuser", password="Pa55-secret-1")
-    server.start()
+    await asyncio.to_thread(server.start)
     wrong = server.url.replace("Pa55-secret-1", "Wr0ng-secret-2")
     secrets = ("camuser", "Pa55-secret-1", "Wr0ng-secret-2")
     try:
@@ -230,7 +230,7 @@ async def test_the_frame_watchdog_reconnects_when_packets_arrive_but_no_frame_de
     """Keyframes-only decoding forced on a camera with a keyframe every 10 s: packets keep coming, frames
     do not, and the read timeout never fires. Only the frame watchdog can notice."""
     server = RtspServer(extra=("--keyint", "300"))
-    server.start()
+    await asyncio.to_thread(server.start)
     source = RtspSource("cam", server.url, 1.0, decode="keyframes", stall_timeout=1.5)
     try:
         it = aiter(source)
