@@ -35,34 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memory import Segment
-from models import llava_next_video, llava_onevision, qwen2_5_vl, qwen3_vl, smolvlm
-from models.llava_next_video import LlavaNextVideoAdapter
-from models.llava_onevision import LlavaOneVisionAdapter
-from models.loader import Placement, choose_placement
-from models.qwen2_5_vl import QwenVLAdapter
-from models.qwen3_vl import Qwen3VLAdapter
-from models.smolvlm import SmolVLMAdapter
+from models.loader import Placement, build_random, choose_placement
+from models.registry import family as family_spec
+from models.registry import model_types
 
-#: family -> (module, adapter class, real-size config, real-size name, adapter kwargs for tiny)
-FAMILIES: dict[str, tuple[Any, Any, Callable[..., Any], str, dict[str, Any]]] = {
-    "smolvlm": (smolvlm, SmolVLMAdapter, smolvlm.smolvlm2_256m_config, "SmolVLM2-256M", {}),
-    "qwen2_5_vl": (qwen2_5_vl, QwenVLAdapter, qwen2_5_vl.qwen2_5_vl_3b_config, "Qwen2.5-VL-3B", {"size": 64}),
-    "qwen3_vl": (qwen3_vl, Qwen3VLAdapter, qwen3_vl.qwen3_vl_2b_config, "Qwen3-VL-2B", {"size": 64}),
-    "llava_onevision": (
-        llava_onevision,
-        LlavaOneVisionAdapter,
-        llava_onevision.llava_onevision_0_5b_config,
-        "LLaVA-OneVision-0.5B",
-        {},
-    ),
-    "llava_next_video": (
-        llava_next_video,
-        LlavaNextVideoAdapter,
-        llava_next_video.llava_next_video_7b_config,
-        "LLaVA-NeXT-Video-7B",
-        {},
-    ),
-}
 CLIP = 4  # frames merged together (HiCo clip)
 MERGED_PER_FRAME = 16  # HiCo's clip-level target
 
@@ -73,29 +49,11 @@ def sync(device: torch.device) -> None:
 
 
 def build(family: str, size: str, placement: Placement, seed: int = 0) -> Any:
-    """An adapter (an :class:`EmbeddingContext`) over a random model of ``family`` at ``size``."""
-    mod, adapter, real_config, name, tiny_kwargs = FAMILIES[family]
-    tok = mod.tiny_tokenizer()
-    if size == "tiny":
-        model = mod.random_model(mod.tiny_config(tok), seed).to(placement.device, placement.dtype)
-        return adapter(model, tok, f"tiny-random-{family}", default_budget=1024, **tiny_kwargs)
-    config = real_config(tok)
-    torch.manual_seed(seed)
-    model_cls = {
-        "smolvlm": "SmolVLMForConditionalGeneration",
-        "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-        "qwen3_vl": "Qwen3VLForConditionalGeneration",
-        "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-        "llava_next_video": "LlavaNextVideoForConditionalGeneration",
-    }[family]
-    import transformers
-
-    # Built directly on the device in its dtype: a 7B model never exists in float32 on the host.
-    with torch.device(placement.device):
-        model = getattr(transformers, model_cls)._from_config(
-            config, attn_implementation=placement.attn, dtype=placement.dtype
-        )
-    return adapter(model, tok, name, default_budget=8192)
+    """An adapter (an :class:`EmbeddingContext`) over a random model of ``family`` at ``size`` (the registry's
+    tiny or real-size configuration; real size is named after the published model it copies)."""
+    spec = family_spec(family)
+    name = f"tiny-random-{family}" if size == "tiny" else spec.real_name
+    return build_random(spec, size, placement, seed=seed, model_id=name)
 
 
 def frames(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -227,7 +185,9 @@ def table(rows: list[dict[str, Any]], contexts: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated (default: all)")
+    # SmolVLM2 first: the other rows' ratios are against it.
+    every = sorted(model_types(), key=lambda t: t != "smolvlm")
+    parser.add_argument("--families", default=",".join(every), help="comma-separated (default: all)")
     parser.add_argument("--sizes", default="auto", help="tiny, real, or auto (tiny always, real with CUDA)")
     parser.add_argument("--contexts", default=None, help="visual tokens in memory, comma-separated")
     parser.add_argument("--frames", type=int, default=8, help="frames per encode batch (default 8)")
@@ -240,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     families = [f for f in args.families.split(",") if f]
-    unknown = sorted(set(families) - set(FAMILIES))
+    unknown = sorted(set(families) - set(model_types()))
     if unknown:
-        parser.error(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+        parser.error(f"unknown families {unknown}; known: {', '.join(model_types())}")
     cuda = torch.cuda.is_available()
     sizes = ["tiny", "real"] if args.sizes == "auto" and cuda else ["tiny"] if args.sizes == "auto" else [args.sizes]
     if "real" in sizes and not cuda:

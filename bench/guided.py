@@ -33,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memory.hico import HiCoMemory, HiCoSettings
+from models.families.smolvlm import SmolVLMAdapter
 from models.guided import GuidedAnswerer, GuidedSettings
 from models.loader import choose_placement, load_model
-from models.smolvlm import SmolVLMAdapter
 from stream.demo import render
 
 T = TypeVar("T")

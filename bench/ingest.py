@@ -40,10 +40,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from livesight.engine import Engine, EngineSettings, StreamRuntime  # noqa: E402
+from engine.engine import Engine, EngineSettings  # noqa: E402
 from models.loader import choose_placement, load_model  # noqa: E402
 from stream.factory import make_source  # noqa: E402
-from stream.frame import Frame  # noqa: E402
 from stream.rtsp import DecodeMode, RtspSource  # noqa: E402
 from stream.source import Source  # noqa: E402
 from stream.spec import SourceSpec, parse_source  # noqa: E402
@@ -105,17 +104,18 @@ class TimedEngine(Engine):
 
     ages: list[float]
 
-    def _ingest_blocking(self, batch: list[tuple[StreamRuntime, Frame]]) -> None:
-        super()._ingest_blocking(batch)
+    async def _ingest(self) -> None:
+        batch = [s.pending for s in self._streams.values() if s.pending is not None]
+        await super()._ingest()
         now = time.time()
-        self.ages.extend(now - frame.captured_at for _, frame in batch)
+        self.ages.extend(now - frame.captured_at for frame in batch)
 
 
 async def engine_run(n: int, mode: DecodeMode, seconds: float, model: Any) -> dict[str, Any]:
-    def factory(spec: SourceSpec, fps: float, realtime: bool) -> Source:
+    def factory(spec: SourceSpec, fps: float) -> Source:
         if spec.kind == "rtsp":
             return RtspSource(spec.name, spec.url, fps, decode=mode)
-        return make_source(spec, fps, realtime=realtime)
+        return make_source(spec, fps)
 
     # One server per camera, as N real cameras would be (a shared file-backed media broke with several
     # clients joining at once).
@@ -125,7 +125,7 @@ async def engine_run(n: int, mode: DecodeMode, seconds: float, model: Any) -> di
     try:
         await engine.start([parse_source(f"cam{i}={server.url}") for i, server in enumerate(servers)])
         start = time.monotonic()
-        while not all(s["state"] == "live" for s in engine.streams_info()):
+        while not all(s.state == "live" for s in engine.streams_info()):
             if time.monotonic() - start > 30:
                 break
             await asyncio.sleep(0.1)
@@ -152,7 +152,7 @@ async def engine_run(n: int, mode: DecodeMode, seconds: float, model: Any) -> di
         "age_p50_s": p(0.5),
         "age_p95_s": p(0.95),
         "age_max_s": round(ages[-1], 3) if ages else None,
-        "live": sum(s["state"] == "live" for s in info),
+        "live": sum(s.state == "live" for s in info),
         "cpu_core_pct": round(100 * cpu, 1),
         "servers_cpu_core_pct": round(server_cpu, 1),
         "load_avg_1m": round(os.getloadavg()[0], 2),

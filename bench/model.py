@@ -30,8 +30,8 @@ def measure(model_id: str, context_tokens: int, repeats: int, new_tokens: int) -
     import torch
 
     from memory import RollingMemory
+    from models.families.smolvlm import SmolVLMAdapter
     from models.loader import choose_placement, load_model
-    from models.smolvlm import SmolVLMAdapter
     from stream.demo import render
 
     torch.manual_seed(0)

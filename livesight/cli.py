@@ -13,8 +13,8 @@ import secrets
 import sys
 from collections.abc import Mapping, Sequence
 
-from livesight.errors import LivesightError
-from models.loader import BUILTIN, DEFAULT_MODEL
+from errors import LivesightError
+from models.registry import DEFAULT_MODEL, builtin_names
 
 TOKEN_ENV = "LIVESIGHT_TOKEN"
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default=DEFAULT_MODEL,
         help=f"Hugging Face model id or local directory (default {DEFAULT_MODEL}); built-in, no "
-        f"download, meaningless text: {', '.join(BUILTIN)}",
+        f"download, meaningless text: {', '.join(builtin_names())}",
     )
     s.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of stream time (default 1)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--fast",
         action="store_true",
-        help="read files and the demo as fast as the model ingests instead of at real time",
+        help="read files and the demo as fast as the model ingests instead of at real time (lossless: no frame "
+        "is dropped)",
     )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -125,7 +126,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "device": args.device,
         "budget": args.budget,
         "load_4bit": args.load_4bit,
-        "realtime": not args.fast,
+        "lossless": args.fast,
     }
     sources: list[object] = []
     if args.config:

@@ -10,7 +10,8 @@ from typing import Any, TextIO
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from livesight.errors import LivesightError
+from errors import LivesightError
+from web.protocol import Ask, Auth, request
 
 
 class AskFailed(LivesightError):
@@ -33,20 +34,13 @@ async def ask(
     qid = f"q{next(_ids)}"
     try:
         async with connect(url, max_size=2**22, open_timeout=10) as ws:
-            await ws.send(json.dumps({"type": "auth", "token": token}))
+            await ws.send(request(Auth(token=token)))
             ready = json.loads(await ws.recv())
             if ready.get("type") != "ready":
                 raise AskFailed(f"{ready.get('code')}: {ready.get('message')}")
-            req: dict[str, Any] = {
-                "type": "ask",
-                "id": qid,
-                "stream": stream,
-                "question": question,
-                "max_new_tokens": max_new_tokens,
-            }
-            if session is not None:
-                req["session"] = session
-            await ws.send(json.dumps(req))
+            await ws.send(
+                request(Ask(id=qid, stream=stream, question=question, max_new_tokens=max_new_tokens, session=session))
+            )
             async for text in ws:
                 msg = json.loads(text)
                 if raw:

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from livesight.errors import ConfigError
-from models.loader import DEFAULT_MODEL
+from errors import ConfigError
+from models.registry import DEFAULT_MODEL
 from stream.spec import SourceSpec, parse_source
 
 
@@ -29,7 +29,9 @@ class ServeConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     load_4bit: bool = Field(False, description="4-bit weights through bitsandbytes (CUDA, the bnb extra)")
     budget: int | None = Field(None, ge=64, le=1_000_000, description="in-context visual tokens per stream")
-    realtime: bool = Field(True, description="pace files and the demo at real time (False: as fast as possible)")
+    lossless: bool = Field(
+        False, description="read files and the demo as fast as the model ingests, losing no frame (--fast)"
+    )
     max_queue: int = Field(16, ge=1, le=1024, description="questions waiting, all clients together")
 
     @field_validator("sources", mode="before")

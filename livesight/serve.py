@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 
+from engine.engine import Engine, EngineSettings
+from errors import ConfigError, LivesightError
 from livesight.config import ServeConfig
-from livesight.engine import Engine, EngineSettings
-from livesight.errors import ConfigError, LivesightError
 from models.loader import choose_placement, load_model
 from stream.factory import make_source
-from stream.source import Source
-from stream.spec import SourceSpec
 from web.server import WS_PATH, App
 
 log = logging.getLogger("livesight")
-
-
-def _source(spec: SourceSpec, fps: float, realtime: bool) -> Source:
-    return make_source(spec, fps, realtime=realtime)
 
 
 async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
@@ -47,8 +42,8 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         except LivesightError as exc:
             app.failure = exc.message
             raise
-        settings = EngineSettings(fps=cfg.fps, budget=cfg.budget, realtime=cfg.realtime, max_queue=cfg.max_queue)
-        engine = Engine(adapter, settings, _source)
+        settings = EngineSettings(fps=cfg.fps, budget=cfg.budget, max_queue=cfg.max_queue)
+        engine = Engine(adapter, settings, functools.partial(make_source, lossless=cfg.lossless))
         await engine.start(cfg.sources)
         app.engine = engine
         log.info(

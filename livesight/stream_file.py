@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from livesight.errors import ConfigError
+from errors import ConfigError
 from stream.spec import SourceSpec, check_name, parse_source
 
 if sys.version_info >= (3, 11):

@@ -1,16 +1,24 @@
-"""The model boundary: a small Protocol every model family's adapter satisfies."""
+"""The model boundary: a small Protocol every model family's adapter satisfies, and optional capabilities.
+
+:class:`ModelAdapter` is what the engine needs of every model. A family that can do more declares it by
+satisfying a capability Protocol (:class:`SupportsGuided`); the engine asks with ``isinstance`` and never
+probes attributes.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from memory.segment import Segment
+
+if TYPE_CHECKING:
+    from models.context import Piece
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,4 +110,25 @@ class ModelAdapter(Protocol):
         Stops at the end of the answer, after ``max_new_tokens`` tokens, or soon after ``cancel`` is set.
         Leaves ``prefix`` as it found it.
         """
+        ...
+
+
+@runtime_checkable
+class SupportsGuided(Protocol):
+    """Question-guided answering (:mod:`models.guided`): a 1-D RoPE decoder fed by ``inputs_embeds`` whose
+    layers can be run one by one, so the visual span can shrink between two of them."""
+
+    model_id: str
+    device: torch.device
+    stop_token_ids: frozenset[int]
+
+    def head_text(self) -> str: ...
+    def segment_pieces(self, segment: Segment) -> list[Piece]: ...
+    def suffix_text(self, turns: Sequence[Turn], question: str) -> str: ...
+    def embed_pieces(self, pieces: Sequence[Piece]) -> torch.Tensor: ...
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor: ...
+    def text_pieces(self, tokens: Iterable[int]) -> Iterator[str]: ...
+
+    def language_model(self) -> tuple[Any, Any]:
+        """``(decoder, lm_head)``: a transformers decoder with ``layers``, ``rotary_emb`` and ``norm``."""
         ...

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from livesight.errors import TooLarge
+from errors import TooLarge
 from memory.segment import Segment
 from models.adapter import Encoded, Prefix, Turn
 
@@ -195,7 +195,7 @@ class EmbeddingContext:
         out = self.model(
             inputs_embeds=embeds,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=0 if all_logits else 1,
         )

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache
 
 from memory.segment import Segment
-from models.adapter import Turn
+from models.adapter import SupportsGuided, Turn
 from models.context import Piece
 
 
@@ -67,23 +67,6 @@ class GuidedSettings:
             raise ValueError(f"keep ratios must be in (0, 1] and not increase, got {self.keep}")
 
 
-class GuidedFamily(Protocol):
-    """What an adapter exposes for guided prefill (a 1-D RoPE decoder fed by ``inputs_embeds``)."""
-
-    device: torch.device
-    stop_token_ids: frozenset[int]
-
-    def head_text(self) -> str: ...
-    def segment_pieces(self, segment: Segment) -> list[Piece]: ...
-    def suffix_text(self, turns: Sequence[Turn], question: str) -> str: ...
-    def embed_pieces(self, pieces: Sequence[Piece]) -> torch.Tensor: ...
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor: ...
-    def text_pieces(self, tokens: Iterable[int]) -> Iterator[str]: ...
-    def language_model(self) -> tuple[Any, Any]:
-        """``(decoder, lm_head)``: a transformers decoder with ``layers``, ``rotary_emb`` and ``norm``."""
-        ...
-
-
 @dataclass
 class GuidedState:
     """The KV cache of one guided answer: layer ``i`` holds ``lengths[i]`` tokens."""
@@ -97,7 +80,7 @@ class GuidedState:
 class GuidedAnswerer:
     """Answers with question-guided dropping of visual tokens during the prompt pass."""
 
-    def __init__(self, family: GuidedFamily, settings: GuidedSettings) -> None:
+    def __init__(self, family: SupportsGuided, settings: GuidedSettings) -> None:
         self.family = family
         self.settings = settings
         self.decoder, self.lm_head = family.language_model()
@@ -172,7 +155,7 @@ class GuidedAnswerer:
                 idx = self._select(visual, keep_n, scores)
                 hidden, visual = hidden[:, idx], visual[idx]
                 rope = self._rope(hidden, 0, hidden.shape[1])  # renumbered contiguously
-            hidden = layer(hidden, attention_mask=self._mask(hidden), position_embeddings=rope, past_key_values=cache)
+            hidden = layer(hidden, attention_mask=self._mask(hidden), position_embeddings=rope, cache=cache)
             lengths.append(int(hidden.shape[1]))
             kept.append(int(visual.sum()))
         logits = self.lm_head(self.decoder.norm(hidden[:, -1:]))[0, -1].float()
@@ -210,7 +193,7 @@ class GuidedAnswerer:
             hidden = self.family.embed_ids(torch.tensor([token], device=self.family.device)).unsqueeze(0)
             for i, layer in enumerate(self.decoder.layers):
                 rope = self._rope(hidden, state.lengths[i], 1)
-                hidden = layer(hidden, attention_mask=None, position_embeddings=rope, past_key_values=state.cache)
+                hidden = layer(hidden, attention_mask=None, position_embeddings=rope, cache=state.cache)
                 state.lengths[i] += 1
             logits = self.lm_head(self.decoder.norm(hidden))[0, -1].float()
 

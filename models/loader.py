@@ -6,30 +6,26 @@ import importlib.util
 import json
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import torch
 
-from livesight.errors import ConfigError, ModelUnavailable
-from models import llava_next_video, llava_onevision, qwen2_5_vl, qwen3_vl
+from errors import ConfigError, ModelUnavailable
 from models.adapter import ModelAdapter
-from models.llava_next_video import LlavaNextVideoAdapter
-from models.llava_onevision import LlavaOneVisionAdapter
-from models.qwen2_5_vl import QwenVLAdapter
-from models.qwen3_vl import Qwen3VLAdapter
-from models.smolvlm import (
-    SmolVLMAdapter,
-    random_model,
-    smolvlm2_256m_config,
-    tiny_config,
-    tiny_tokenizer,
+from models.registry import (
+    DEFAULT_MODEL,
+    TINY_BUDGET,
+    FamilySpec,
+    builtin_names,
+    family,
+    model_types,
+    parse_builtin,
 )
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
-TINY = "tiny-random"
+__all__ = ["DEFAULT_MODEL", "Placement", "build_random", "choose_placement", "load_model", "resolve_model_dir"]
+
 #: Files a model needs; skips ONNX exports and other large extras some repos carry.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 
@@ -69,49 +65,28 @@ def choose_placement(device: str = "auto", *, load_4bit: bool = False) -> Placem
     return Placement(dev, dtype, attn, load_4bit)
 
 
-def _no_4bit(placement: Placement, model_id: str) -> None:
+def build_random(
+    spec: FamilySpec, size: str, placement: Placement, *, seed: int = 0, model_id: str = ""
+) -> ModelAdapter:
+    """An adapter over a ``spec`` model with random weights, built in code: its tiny configuration
+    (``size="tiny"``) or the dimensions of its published model (``"real"``, for benchmarks: timing does not
+    depend on weight values). The tokenizer is the family's byte tokenizer; the text is meaningless."""
+    import transformers
+
     if placement.load_4bit:
         raise ConfigError(f"4-bit loading applies to models loaded from files, not to the built-in {model_id!r}")
-
-
-def _builtin_tiny(placement: Placement, seed: int) -> ModelAdapter:
-    _no_4bit(placement, TINY)
-    tok = tiny_tokenizer()
-    model = random_model(tiny_config(tok), seed).to(placement.device, placement.dtype)
-    return SmolVLMAdapter(model, tok, TINY, default_budget=1024)
-
-
-def _builtin_smolvlm2_256m(placement: Placement, seed: int) -> ModelAdapter:
-    _no_4bit(placement, "random-smolvlm2-256m")
-    tok = tiny_tokenizer()
-    model = random_model(smolvlm2_256m_config(tok), seed).to(placement.device, placement.dtype)
-    return SmolVLMAdapter(model, tok, "random-smolvlm2-256m", default_budget=4096)
-
-
-def _builtin(
-    name: str, family: Any, adapter: Callable[..., ModelAdapter], **kwargs: Any
-) -> Callable[..., ModelAdapter]:
-    """A built-in tiny random model of ``family`` (a module with ``tiny_tokenizer``, ``tiny_config``,
-    ``random_model``)."""
-
-    def build(placement: Placement, seed: int) -> ModelAdapter:
-        _no_4bit(placement, name)
-        tok = family.tiny_tokenizer()
-        model = family.random_model(family.tiny_config(tok), seed).to(placement.device, placement.dtype)
-        return adapter(model, tok, name, default_budget=1024, **kwargs)
-
-    return build
-
-
-#: Models built in code with random weights: no download, meaningless text.
-BUILTIN: dict[str, Callable[[Placement, int], ModelAdapter]] = {
-    TINY: _builtin_tiny,
-    "random-smolvlm2-256m": _builtin_smolvlm2_256m,
-    "tiny-random-qwen2_5_vl": _builtin("tiny-random-qwen2_5_vl", qwen2_5_vl, QwenVLAdapter, size=64),
-    "tiny-random-qwen3_vl": _builtin("tiny-random-qwen3_vl", qwen3_vl, Qwen3VLAdapter, size=64),
-    "tiny-random-llava_onevision": _builtin("tiny-random-llava_onevision", llava_onevision, LlavaOneVisionAdapter),
-    "tiny-random-llava_next_video": _builtin("tiny-random-llava_next_video", llava_next_video, LlavaNextVideoAdapter),
-}
+    tok = spec.tiny_tokenizer()
+    config = spec.tiny_config(tok) if size == "tiny" else spec.real_config(tok)
+    torch.manual_seed(seed)
+    # Built directly on the device in its dtype: a 7B model never exists in float32 on the host.
+    with torch.device(placement.device):
+        model = getattr(transformers, spec.model_class)._from_config(
+            config, attn_implementation=placement.attn, dtype=placement.dtype
+        )
+    options = dict(spec.tiny_options) if size == "tiny" else {}
+    budget = TINY_BUDGET if size == "tiny" else spec.default_budget
+    name = model_id or f"{'tiny-random' if size == 'tiny' else 'random'}-{spec.model_type}"
+    return spec.adapter(model, tok, name, default_budget=budget, mean=spec.mean, std=spec.std, **options)
 
 
 def resolve_model_dir(model_id: str, *, probe_timeout: float = 3.0) -> str:
@@ -135,7 +110,7 @@ def resolve_model_dir(model_id: str, *, probe_timeout: float = 3.0) -> str:
     remedy = (
         f"Connect this machine to {constants.ENDPOINT} once so the model is downloaded and cached, "
         f"copy a downloaded model directory here and pass its path to --model, or run offline with "
-        f"--model {TINY} (a tiny random model: it works end to end but produces meaningless text)."
+        "--model tiny-random (a tiny random model: it works end to end but produces meaningless text)."
     )
     if constants.HF_HUB_OFFLINE:
         raise ModelUnavailable(
@@ -171,67 +146,36 @@ def _from_pretrained(cls: Any, path: str, placement: Placement) -> Any:
     )
 
 
-def _normalisation(path: str, mean: tuple[float, ...], std: tuple[float, ...]) -> dict[str, Any]:
+def _normalisation(path: str, spec: FamilySpec) -> dict[str, Any]:
     """The model's own image mean and std from its preprocessor config, else the family default."""
+    mean, std = spec.mean, spec.std
     pre = os.path.join(path, "preprocessor_config.json")
     if os.path.isfile(pre):
         with open(pre) as f:
-            spec = json.load(f)
-        mean, std = spec.get("image_mean", mean), spec.get("image_std", std)
+            data = json.load(f)
+        mean, std = data.get("image_mean", mean), data.get("image_std", std)
     return {"mean": tuple(mean), "std": tuple(std)}
-
-
-def _family(
-    cls_name: str, adapter: Callable[..., ModelAdapter], mean: tuple[float, ...], std: tuple[float, ...], budget: int
-) -> Callable[[str, str, Placement, Any], ModelAdapter]:
-    def load(path: str, model_id: str, placement: Placement, config: Any) -> ModelAdapter:
-        import transformers
-        from transformers import AutoTokenizer
-
-        model = _from_pretrained(getattr(transformers, cls_name), path, placement)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return adapter(model, tokenizer, model_id, default_budget=budget, **_normalisation(path, mean, std))
-
-    return load
-
-
-#: Hub model families by ``config.model_type``.
-FAMILIES: dict[str, Callable[[str, str, Placement, Any], ModelAdapter]] = {
-    "smolvlm": _family("SmolVLMForConditionalGeneration", SmolVLMAdapter, (0.5,) * 3, (0.5,) * 3, 4096),
-    "qwen2_5_vl": _family(
-        "Qwen2_5_VLForConditionalGeneration", QwenVLAdapter, qwen2_5_vl.CLIP_MEAN, qwen2_5_vl.CLIP_STD, 8192
-    ),
-    "qwen3_vl": _family("Qwen3VLForConditionalGeneration", Qwen3VLAdapter, qwen3_vl.MEAN, qwen3_vl.STD, 8192),
-    "llava_onevision": _family(
-        "LlavaOnevisionForConditionalGeneration",
-        LlavaOneVisionAdapter,
-        llava_onevision.SIGLIP_MEAN,
-        llava_onevision.SIGLIP_STD,
-        8192,
-    ),
-    "llava_next_video": _family(
-        "LlavaNextVideoForConditionalGeneration",
-        LlavaNextVideoAdapter,
-        llava_next_video.CLIP_MEAN,
-        llava_next_video.CLIP_STD,
-        4096,
-    ),
-}
 
 
 def load_model(model_id: str, placement: Placement, *, seed: int = 0) -> ModelAdapter:
     """Build the adapter for ``model_id``: a built-in random model, a local directory or a hub id."""
-    if model_id in BUILTIN:
-        return BUILTIN[model_id](placement, seed)
+    builtin = parse_builtin(model_id)
+    if builtin is not None:
+        model_type, size = builtin
+        return build_random(family(model_type), size, placement, seed=seed, model_id=model_id)
     path = resolve_model_dir(model_id)
-    from transformers import AutoConfig
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(path)
-    loader = FAMILIES.get(config.model_type)
-    if loader is None:
+    try:
+        spec = family(config.model_type)
+    except KeyError:
         raise ModelUnavailable(
             f"model {model_id!r} is a {config.model_type!r} model; supported families: "
-            f"{', '.join(sorted(FAMILIES))} (built-in: {', '.join(sorted(BUILTIN))})",
+            f"{', '.join(model_types())} (built-in: {', '.join(builtin_names())})",
             retryable=False,
-        )
-    return loader(path, model_id, placement, config)
+        ) from None
+    model = _from_pretrained(getattr(transformers, spec.model_class), path, placement)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return spec.adapter(model, tokenizer, model_id, default_budget=spec.default_budget, **_normalisation(path, spec))

@@ -94,15 +94,14 @@ def _star(img: np.ndarray, center: tuple[int, int], r: int, color: tuple[int, in
 
 
 class DemoSource(ThreadedSource):
-    """The generated scene as a live source (paced at real time) or as fast as possible.
+    """The generated scene, paced at real time, or ``lossless``: as fast as the consumer takes frames.
 
     Only frames the sampler keeps are drawn. ``duration`` (seconds of stream time) ends the source;
     None runs forever.
     """
 
-    def __init__(self, name: str, fps: float, *, realtime: bool = True, duration: float | None = None) -> None:
-        super().__init__(name, "demo", fps, lossless=not realtime)
-        self._realtime = realtime
+    def __init__(self, name: str, fps: float, *, lossless: bool = False, duration: float | None = None) -> None:
+        super().__init__(name, "demo", fps, lossless=lossless)
         self._duration = duration
 
     def _run(self) -> None:
@@ -116,6 +115,6 @@ class DemoSource(ThreadedSource):
                 return
             if not self._sampler.due(pts):
                 continue
-            if self._realtime and not self._sleep(start + pts - time.monotonic()):
+            if not self.lossless and not self._sleep(start + pts - time.monotonic()):
                 return
             self._emit(pts, render(pts))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from livesight.errors import ConfigError
+from errors import ConfigError
 from stream.demo import DemoSource
 from stream.file import FileSource
 from stream.rtsp import RtspSource
@@ -10,16 +10,16 @@ from stream.source import Source
 from stream.spec import SourceSpec
 
 
-def make_source(spec: SourceSpec, fps: float, *, realtime: bool = True) -> Source:
+def make_source(spec: SourceSpec, fps: float, *, lossless: bool = False) -> Source:
     """A new, unstarted source for ``spec`` sampling ``fps`` frames per second of stream time.
 
-    ``realtime=False`` reads files and the demo scene as fast as the consumer takes frames, without
-    losing any sampled frame.
+    ``lossless=True`` reads files and the demo scene as fast as the consumer takes frames, without losing
+    any sampled frame (``livesight serve --fast``); cameras always keep real time.
     """
     if spec.kind == "demo":
-        return DemoSource(spec.name, fps, realtime=realtime)
+        return DemoSource(spec.name, fps, lossless=lossless)
     if spec.kind == "file":
-        return FileSource(spec.name, spec.url, fps, realtime=realtime)
+        return FileSource(spec.name, spec.url, fps, lossless=lossless)
     if spec.kind == "rtsp":
         return RtspSource(spec.name, spec.url, fps)
     raise ConfigError(f"no source for kind {spec.kind!r}")

@@ -8,7 +8,7 @@ import time
 import av
 import av.error
 
-from livesight.errors import SourceError
+from errors import SourceError
 from stream.source import SourceState, ThreadedSource
 
 #: Largest side of the frames a source hands on; the model downsizes further, this only bounds memory.
@@ -16,12 +16,12 @@ MAX_SIDE = 1280
 
 
 class FileSource(ThreadedSource):
-    """Any container PyAV reads. Ends (state ``ended``) at the end of the file."""
+    """Any container PyAV reads, at its real pace or ``lossless`` (as fast as the consumer takes frames).
+    Ends (state ``ended``) at the end of the file."""
 
-    def __init__(self, name: str, path: str, fps: float, *, realtime: bool = True) -> None:
-        super().__init__(name, os.path.basename(path), fps, lossless=not realtime)
+    def __init__(self, name: str, path: str, fps: float, *, lossless: bool = False) -> None:
+        super().__init__(name, os.path.basename(path), fps, lossless=lossless)
         self._path = path
-        self._realtime = realtime
 
     def _run(self) -> None:
         try:
@@ -48,7 +48,7 @@ class FileSource(ThreadedSource):
                     pts = t - first
                     if not self._sampler.due(pts):
                         continue
-                    if self._realtime and not self._sleep(start + pts - time.monotonic()):
+                    if not self.lossless and not self._sleep(start + pts - time.monotonic()):
                         return
                     scale = min(1.0, MAX_SIDE / max(frame.width, frame.height))
                     w, h = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)

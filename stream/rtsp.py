@@ -32,7 +32,7 @@ from typing import Any, Literal
 import av
 import av.error
 
-from livesight.errors import SourceError
+from errors import SourceError
 from stream.backoff import Backoff
 from stream.file import MAX_SIDE
 from stream.source import SourceState, ThreadedSource

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from livesight.errors import SourceError
+from errors import SourceError
 from stream.frame import Frame
 from stream.handoff import ThreadSlot
 from stream.sampler import Sampler
@@ -78,6 +78,9 @@ class Source(Protocol):
     name: str
     display_url: str  # the URL with any credentials removed
     stats: SourceStats
+    #: True: the source waits for its consumer and loses no frame (a file read as fast as possible);
+    #: False: it keeps real time, and a consumer that falls behind gets the newest frame.
+    lossless: bool
 
     def __aiter__(self) -> AsyncIterator[Frame]: ...
 
@@ -98,6 +101,7 @@ class ThreadedSource:
         self.name = name
         self.display_url = display_url
         self.stats = SourceStats()
+        self.lossless = lossless
         self._sampler = Sampler(fps)
         self._slot = ThreadSlot(capacity=1, lossless=lossless)
         self._stop = threading.Event()

@@ -24,7 +24,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from livesight.errors import BadRequest
+from errors import BadRequest
 from stream.frame import Frame
 from stream.sampler import Sampler
 from stream.source import SourceState, SourceStats
@@ -44,6 +44,8 @@ class WebRTCSource:
     idempotent and frees everything: the reader task and the peer connection (with its ICE, DTLS and
     decoder thread).
     """
+
+    lossless = False  # a publisher keeps real time: the consumer gets the newest frame
 
     def __init__(self, name: str, fps: float, *, stall_s: float | None = None) -> None:
         self.name = name

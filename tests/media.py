@@ -7,6 +7,9 @@ from pathlib import Path
 import av
 import numpy as np
 
+from stream.frame import Frame
+from stream.source import Source
+
 
 def write_video(path: Path, seconds: float, fps: int = 10, size: tuple[int, int] = (160, 120)) -> Path:
     """An MPEG-4 file whose frame i is a flat grey of level (10 * i) % 250, so tests can tell frames apart."""
@@ -21,3 +24,10 @@ def write_video(path: Path, seconds: float, fps: int = 10, size: tuple[int, int]
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+async def collect(source: Source) -> list[Frame]:
+    """Every frame a source yields until it ends; the source is closed afterwards."""
+    out = [f async for f in source]
+    await source.close()
+    return out

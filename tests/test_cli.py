@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
 
+from errors import ConfigError
 from livesight.config import load_serve_config
-from livesight.errors import ConfigError
 
 LIVESIGHT = str(Path(sys.executable).parent / "livesight")
 
@@ -68,10 +69,25 @@ def server(tmp_path: Path) -> Iterator[tuple[int, str]]:
         log.close()
 
 
+def wait_for_frames(url: str, token: str, frames: int, within: float = 60.0) -> None:
+    """Poll ``streams`` over the websocket until the first stream has ``frames`` frames in memory."""
+    deadline = time.monotonic() + within
+    with connect(url) as ws:
+        ws.send(json.dumps({"type": "auth", "token": token}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+        while True:
+            ws.send(json.dumps({"type": "streams"}))
+            (stream,) = json.loads(ws.recv(timeout=10))["streams"]
+            if stream["frames"] >= frames:
+                return
+            assert time.monotonic() < deadline, stream
+            time.sleep(0.1)
+
+
 def test_serve_tiny_random_answers_ask_with_streamed_tokens(server: tuple[int, str]) -> None:
     port, token = server
     url = f"ws://127.0.0.1:{port}/v1/ws"
-    time.sleep(1.0)  # let a few demo frames in
+    wait_for_frames(url, token, 2)
     res = run(
         "ask",
         "--url",

@@ -9,14 +9,12 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from livesight.engine import Engine, EngineSettings, Question
+from engine.engine import Engine, EngineSettings, Question
+from engine.events import FINAL, Answered, QuestionEvent
 from models.adapter import Encoded
-from models.loader import choose_placement, load_model
-from models.smolvlm import SmolVLMAdapter
-from stream.factory import make_source
-from stream.source import Source
-from stream.spec import SourceSpec, parse_source
-from tests.support.webrtc_peer import until
+from models.families.smolvlm import SmolVLMAdapter
+from stream.spec import parse_source
+from tests.support.server import source_factory, until
 
 
 class CountingAdapter(SmolVLMAdapter):
@@ -30,49 +28,43 @@ class CountingAdapter(SmolVLMAdapter):
 
 
 @pytest.fixture(scope="module")
-def counting() -> CountingAdapter:
-    tiny = load_model("tiny-random", choose_placement("cpu"))
-    assert isinstance(tiny, SmolVLMAdapter)
+def counting(tiny: SmolVLMAdapter) -> CountingAdapter:
     adapter = CountingAdapter(tiny.model, tiny.tokenizer, "tiny-random", default_budget=1024)
     adapter.batches = []
     return adapter
 
 
-def _source(spec: SourceSpec, fps: float, realtime: bool) -> Source:
-    return make_source(spec, fps, realtime=realtime)
-
-
-@pytest.mark.parametrize("realtime", [False, True], ids=["as-fast-as-possible", "live"])
-async def test_no_stream_starves_another(counting: CountingAdapter, realtime: bool) -> None:
+@pytest.mark.parametrize("lossless", [True, False], ids=["as-fast-as-possible", "live"])
+async def test_no_stream_starves_another(counting: CountingAdapter, lossless: bool) -> None:
     counting.batches = []
     names = ["a", "b", "c", "d"]
     # Live: 4 streams at 8 fps offer more frames than two CPU cores encode; as fast as possible: far more.
-    engine = Engine(counting, EngineSettings(fps=8.0, realtime=realtime), _source)
+    engine = Engine(counting, EngineSettings(fps=8.0), source_factory(lossless=lossless))
     await engine.start([parse_source(f"{n}=demo") for n in names])
     try:
-        total = lambda: sum(s["frames"] for s in engine.streams_info())  # noqa: E731
+        total = lambda: sum(s.frames for s in engine.streams_info())  # noqa: E731
         await until(lambda: total() >= 80, 90, "80 frames ingested")
-        frames = {s["name"]: s["frames"] for s in engine.streams_info()}
+        frames = {s.name: s.frames for s in engine.streams_info()}
         # Every stream got its share: the worker takes the pending frame of every stream at each step. A
         # stream whose reader refills a moment late misses a batch now and then (more so while other
         # processes load the machine), so the bound is "no stream starves", not equal counts.
         assert min(frames.values()) >= max(frames.values()) / 2, frames
-        if not realtime:
+        if lossless:
             # Every stream always has a frame waiting: each encode takes one from every stream, as one batch.
             assert max(counting.batches) == len(names)
         assert sum(counting.batches) >= sum(frames.values())  # a batch may be in flight
         # Questions still get through while all four streams keep the worker busy.
-        answered: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        answered: asyncio.Future[QuestionEvent] = asyncio.get_running_loop().create_future()
 
-        def deliver(msg: dict) -> None:
-            if msg["type"] in ("answer", "error") and not answered.done():
-                answered.set_result(msg)
+        def reply(ev: QuestionEvent) -> None:
+            if isinstance(ev, FINAL) and not answered.done():
+                answered.set_result(ev)
 
         for n in names:
             answered = asyncio.get_running_loop().create_future()
-            engine.submit(Question(n, n, "What changed?", 4, None, deliver, 0.0))
-            msg = await asyncio.wait_for(answered, 30)
-            assert msg["type"] == "answer"
-            assert msg["context"]["frames"] >= 1
+            engine.submit(Question(n, n, "What changed?", 4, None, reply, 0.0))
+            ev = await asyncio.wait_for(answered, 30)
+            assert isinstance(ev, Answered), ev
+            assert ev.context.frames >= 1
     finally:
         await engine.close()

@@ -26,7 +26,7 @@ def _free_port() -> int:
 async def test_serve_answers_over_the_websocket(name: str) -> None:
     port = _free_port()
     cfg = load_serve_config(
-        {"model": name, "port": port, "token": TOKEN, "device": "cpu", "fps": 4.0, "realtime": False}
+        {"model": name, "port": port, "token": TOKEN, "device": "cpu", "fps": 4.0, "lossless": True}
     )
     stop = asyncio.Event()
     server = asyncio.create_task(serve(cfg, stop=stop), name=f"serve:{name}")

@@ -8,45 +8,39 @@ import pytest
 import torch
 
 from memory.hico import HiCoMemory, HiCoSettings
+from models.families.smolvlm import SmolVLMAdapter
 from models.guided import GuidedAnswerer, GuidedSettings
-from models.smolvlm import SmolVLMAdapter, random_model, tiny_config, tiny_tokenizer
 from stream.demo import render
 
 QUESTION = "when did the lights go off?"
 
 
 @pytest.fixture(scope="module")
-def adapter() -> SmolVLMAdapter:
-    tok = tiny_tokenizer()
-    return SmolVLMAdapter(random_model(tiny_config(tok), 0), tok, "tiny-random", default_budget=1024)
-
-
-@pytest.fixture(scope="module")
-def memory(adapter: SmolVLMAdapter) -> HiCoMemory:
-    mem = HiCoMemory(HiCoSettings.fit(480, adapter.tokens_per_frame))
-    frames = adapter.encode([render(float(t), 128, 72) for t in range(40)]).tokens
+def memory(tiny: SmolVLMAdapter) -> HiCoMemory:
+    mem = HiCoMemory(HiCoSettings.fit(480, tiny.tokens_per_frame))
+    frames = tiny.encode([render(float(t), 128, 72) for t in range(40)]).tokens
     for t in range(40):
         mem.add_frame(frames[t], float(t))
     return mem
 
 
-def test_keeping_everything_is_the_ordinary_forward_pass(adapter: SmolVLMAdapter, memory: HiCoMemory) -> None:
+def test_keeping_everything_is_the_ordinary_forward_pass(tiny: SmolVLMAdapter, memory: HiCoMemory) -> None:
     segs = memory.segments()
-    full = adapter.full_logits(segs, [], QUESTION)[-1]
+    full = tiny.full_logits(segs, [], QUESTION)[-1]
     for mode in ("uniform", "attention"):
-        state = GuidedAnswerer(adapter, GuidedSettings(mode, (1,), (1.0,))).prefill(segs, [], QUESTION)
+        state = GuidedAnswerer(tiny, GuidedSettings(mode, (1,), (1.0,))).prefill(segs, [], QUESTION)
         assert float((state.logits - full).abs().max()) <= 1e-4
-    prefix = adapter.build_prefix(segs)
-    plain = list(adapter.generate_ids(prefix, [], QUESTION, 6, threading.Event()))
-    guided = GuidedAnswerer(adapter, GuidedSettings("uniform", (0,), (1.0,)))
+    prefix = tiny.build_prefix(segs)
+    plain = list(tiny.generate_ids(prefix, [], QUESTION, 6, threading.Event()))
+    guided = GuidedAnswerer(tiny, GuidedSettings("uniform", (0,), (1.0,)))
     assert list(guided.generate_ids(segs, [], QUESTION, 6, threading.Event())) == plain
 
 
 @pytest.mark.parametrize("mode", ["uniform", "attention"])
-def test_cuts_the_visual_span_at_the_chosen_layer(adapter: SmolVLMAdapter, memory: HiCoMemory, mode: str) -> None:
+def test_cuts_the_visual_span_at_the_chosen_layer(tiny: SmolVLMAdapter, memory: HiCoMemory, mode: str) -> None:
     segs = memory.segments()
     n_visual = sum(s.num_tokens for s in segs)
-    g = GuidedAnswerer(adapter, GuidedSettings(mode, (1,), (0.25,)))  # type: ignore[arg-type]
+    g = GuidedAnswerer(tiny, GuidedSettings(mode, (1,), (0.25,)))  # type: ignore[arg-type]
     state = g.prefill(segs, [], QUESTION)
     assert state.visual_kept == [n_visual, n_visual // 4]
     assert state.lengths[0] - state.lengths[1] == n_visual - n_visual // 4
@@ -56,16 +50,16 @@ def test_cuts_the_visual_span_at_the_chosen_layer(adapter: SmolVLMAdapter, memor
     assert len(text_ids) <= 3
 
 
-def test_attention_keeps_what_the_question_attends_to(adapter: SmolVLMAdapter, memory: HiCoMemory) -> None:
+def test_attention_keeps_what_the_question_attends_to(tiny: SmolVLMAdapter, memory: HiCoMemory) -> None:
     """The kept set is the top of the scores the layer's own projections give, not an even spread."""
     segs = memory.segments()
-    g = GuidedAnswerer(adapter, GuidedSettings("attention", (1,), (0.25,)))
+    g = GuidedAnswerer(tiny, GuidedSettings("attention", (1,), (0.25,)))
     embeds, visual = g._prompt(segs, [], QUESTION)
     with torch.inference_mode():
-        hidden = adapter.language_model()[0].layers[0](
+        hidden = tiny.language_model()[0].layers[0](
             embeds.unsqueeze(0), attention_mask=None, position_embeddings=g._rope(embeds.unsqueeze(0), 0, len(embeds))
         )
-        scores = g._scores(adapter.language_model()[0].layers[1], hidden, g._rope(hidden, 0, hidden.shape[1]))
+        scores = g._scores(tiny.language_model()[0].layers[1], hidden, g._rope(hidden, 0, hidden.shape[1]))
     keep = g._select(visual, int(visual.sum()) // 4, scores)
     kept_vis = keep[visual[keep]]
     others = visual.nonzero().squeeze(1)
@@ -76,13 +70,13 @@ def test_attention_keeps_what_the_question_attends_to(adapter: SmolVLMAdapter, m
     assert torch.equal(keep, torch.sort(keep).values)  # temporal order kept
 
 
-def test_settings_are_checked(adapter: SmolVLMAdapter) -> None:
+def test_settings_are_checked(tiny: SmolVLMAdapter) -> None:
     with pytest.raises(ValueError, match="increase"):
         GuidedSettings("uniform", (1,), (1.5,))
     with pytest.raises(ValueError, match="one keep ratio"):
         GuidedSettings("uniform", (1, 2), (0.5,))
     with pytest.raises(ValueError, match="beyond"):
-        GuidedAnswerer(adapter, GuidedSettings("uniform", (5,), (0.5,)))
+        GuidedAnswerer(tiny, GuidedSettings("uniform", (5,), (0.5,)))
 
 
 def test_default_cuts_scale_with_depth() -> None:
@@ -92,8 +86,8 @@ def test_default_cuts_scale_with_depth() -> None:
     assert GuidedSettings.for_depth("uniform", 1) == GuidedSettings("uniform", (0,), (0.25,))
 
 
-def test_guided_text_matches_plain_text_when_nothing_is_dropped(adapter: SmolVLMAdapter, memory: HiCoMemory) -> None:
+def test_guided_text_matches_plain_text_when_nothing_is_dropped(tiny: SmolVLMAdapter, memory: HiCoMemory) -> None:
     segs = memory.segments()
-    plain = "".join(adapter.generate(adapter.build_prefix(segs), [], QUESTION, 6, threading.Event()))
-    guided = GuidedAnswerer(adapter, GuidedSettings("attention", (1,), (1.0,)))
+    plain = "".join(tiny.generate(tiny.build_prefix(segs), [], QUESTION, 6, threading.Event()))
+    guided = GuidedAnswerer(tiny, GuidedSettings("attention", (1,), (1.0,)))
     assert "".join(guided.generate(segs, [], QUESTION, 6, threading.Event())) == plain

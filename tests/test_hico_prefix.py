@@ -10,47 +10,41 @@ import torch
 from memory.hico import HiCoMemory, HiCoSettings
 from models.adapter import Turn
 from models.context import EmbeddingPrefix
-from models.smolvlm import SmolVLMAdapter, random_model, tiny_config, tiny_tokenizer
+from models.families.smolvlm import SmolVLMAdapter
 from stream.demo import render
 
 
-@pytest.fixture(scope="module")
-def adapter() -> SmolVLMAdapter:
-    tok = tiny_tokenizer()
-    return SmolVLMAdapter(random_model(tiny_config(tok), 0), tok, "tiny-random", default_budget=1024)
-
-
 def test_incremental_prefix_equals_recompute_through_remerges_and_eviction(
-    adapter: SmolVLMAdapter, monkeypatch: pytest.MonkeyPatch
+    tiny: SmolVLMAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small tiers so that 80 frames run through every tier and into long-term records.
-    cfg = HiCoSettings.fit(480, adapter.tokens_per_frame)
+    cfg = HiCoSettings.fit(480, tiny.tokens_per_frame)
     mem = HiCoMemory(cfg)
-    frames = adapter.encode([render(float(t), 128, 72) for t in range(80)]).tokens
+    frames = tiny.encode([render(float(t), 128, 72) for t in range(80)]).tokens
     prefilled = 0
-    forward = adapter.forward
+    forward = tiny.forward
 
     def counting(embeds: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         nonlocal prefilled
         prefilled += int(embeds.shape[1])
         return forward(embeds, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(adapter, "forward", counting)
+    monkeypatch.setattr(tiny, "forward", counting)
     prefix: EmbeddingPrefix | None = None
     rebuilt = 0
     turns = [Turn("what is red?", "a ball")]
     worst = 0.0
     for t in range(80):
         mem.add_frame(frames[t], float(t))
-        prefix = adapter.update_prefix(prefix, mem.segments())
+        prefix = tiny.update_prefix(prefix, mem.segments())
         rebuilt += prefix.cache.get_seq_length()
         assert prefix.segment_ids == tuple(s.id for s in mem.segments())
         assert prefix.length == prefix.cache.get_seq_length()
         if t % 7 == 3 or t == 79:
-            monkeypatch.setattr(adapter, "forward", forward)
-            cached = adapter.question_logits(prefix, turns, "what happened at 0:00:10?")
-            full = adapter.full_logits(mem.segments(), turns, "what happened at 0:00:10?")
-            monkeypatch.setattr(adapter, "forward", counting)
+            monkeypatch.setattr(tiny, "forward", forward)
+            cached = tiny.question_logits(prefix, turns, "what happened at 0:00:10?")
+            full = tiny.full_logits(mem.segments(), turns, "what happened at 0:00:10?")
+            monkeypatch.setattr(tiny, "forward", counting)
             worst = max(worst, float((cached - full).abs().max()))
             assert prefix.length == prefix.cache.get_seq_length()  # the question left the cache as it was
     assert worst <= 1e-4
@@ -64,32 +58,32 @@ def test_incremental_prefix_equals_recompute_through_remerges_and_eviction(
     assert prefilled < rebuilt / 2
 
 
-def test_answers_stream_on_an_updated_prefix(adapter: SmolVLMAdapter) -> None:
-    mem = HiCoMemory(HiCoSettings.fit(480, adapter.tokens_per_frame))
-    frames = adapter.encode([render(float(t), 128, 72) for t in range(24)]).tokens
+def test_answers_stream_on_an_updated_prefix(tiny: SmolVLMAdapter) -> None:
+    mem = HiCoMemory(HiCoSettings.fit(480, tiny.tokens_per_frame))
+    frames = tiny.encode([render(float(t), 128, 72) for t in range(24)]).tokens
     prefix = None
     for t in range(24):
         mem.add_frame(frames[t], float(t))
-        prefix = adapter.update_prefix(prefix, mem.segments())
+        prefix = tiny.update_prefix(prefix, mem.segments())
     assert prefix is not None
     length = prefix.length
-    text = "".join(adapter.generate(prefix, [], "what do you see?", 8, threading.Event()))
+    text = "".join(tiny.generate(prefix, [], "what do you see?", 8, threading.Event()))
     assert isinstance(text, str)
     assert prefix.length == prefix.cache.get_seq_length() == length
 
 
-def test_a_prefix_without_segment_boundaries_is_rebuilt(adapter: SmolVLMAdapter) -> None:
+def test_a_prefix_without_segment_boundaries_is_rebuilt(tiny: SmolVLMAdapter) -> None:
     """A family override of build_prefix that records no boundaries still gets a correct prefix."""
-    mem = HiCoMemory(HiCoSettings.fit(480, adapter.tokens_per_frame))
-    frames = adapter.encode([render(float(t), 128, 72) for t in range(12)]).tokens
+    mem = HiCoMemory(HiCoSettings.fit(480, tiny.tokens_per_frame))
+    frames = tiny.encode([render(float(t), 128, 72) for t in range(12)]).tokens
     for t in range(8):
         mem.add_frame(frames[t], float(t))
-    prefix = adapter.build_prefix(mem.segments())
+    prefix = tiny.build_prefix(mem.segments())
     prefix.ends = ()
     for t in range(8, 12):
         mem.add_frame(frames[t], float(t))  # t = 11 completes a clip: the tail changes
-    prefix = adapter.update_prefix(prefix, mem.segments())
+    prefix = tiny.update_prefix(prefix, mem.segments())
     assert len(prefix.ends) == len(prefix.segment_ids) == len(mem.segments())
-    cached = adapter.question_logits(prefix, [], "what is red?")
-    full = adapter.full_logits(mem.segments(), [], "what is red?")
+    cached = tiny.question_logits(prefix, [], "what is red?")
+    full = tiny.full_logits(mem.segments(), [], "what is red?")
     assert float((cached - full).abs().max()) <= 1e-4

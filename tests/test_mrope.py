@@ -7,8 +7,8 @@ import torch
 
 from memory import Segment
 from models.context import Visual
+from models.families.qwen2_5_vl import QwenVLAdapter
 from models.mrope import grid_offsets, place, segment_offsets, text_positions
-from models.qwen2_5_vl import QwenVLAdapter
 from tests.families import QWEN, adapter, frames, segments
 
 

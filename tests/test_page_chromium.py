@@ -9,19 +9,12 @@ from pathlib import Path
 import pytest
 
 import stream.webrtc
-from livesight.engine import EngineSettings
-from models.loader import choose_placement, load_model
-from models.smolvlm import SmolVLMAdapter
+from engine.engine import EngineSettings
+from models.families.smolvlm import SmolVLMAdapter
 from stream.webrtc import WebRTCSource
 from tests.support.chromium import Chromium
-from tests.support.webrtc_peer import TOKEN, info, loopback_ice, running, until
-
-
-@pytest.fixture(scope="module")
-def tiny() -> SmolVLMAdapter:
-    adapter = load_model("tiny-random", choose_placement("cpu"))
-    assert isinstance(adapter, SmolVLMAdapter)
-    return adapter
+from tests.support.server import TOKEN, info, running_server, until
+from tests.support.webrtc_peer import loopback_ice
 
 
 def js(value: str) -> str:
@@ -34,7 +27,7 @@ async def test_page_publishes_the_webcam_and_streams_an_answer(
     loopback_ice(monkeypatch)
     monkeypatch.setattr(stream.webrtc, "STALL_S", 2.0)
     async with (
-        running(tiny, EngineSettings(fps=2.0)) as srv,
+        running_server(tiny, EngineSettings(fps=2.0), ()) as srv,
         Chromium(f"http://127.0.0.1:{srv.port}/", tmp_path / "profile") as page,
     ):
         await page.wait_for(
@@ -49,7 +42,7 @@ async def test_page_publishes_the_webcam_and_streams_an_answer(
         await page.wait_for("!$('publish').disabled", 10, "the camera")
         await page.evaluate("$('publish').click()")
         await until(lambda: srv.engine.source("browser") is not None, 15, "the WHIP publish")
-        await until(lambda: (info(srv.engine, "browser") or {}).get("memory_frames", 0) >= 2, 30, "frames")
+        await until(lambda: getattr(info(srv.engine, "browser"), "memory_frames", 0) >= 2, 30, "frames")
         # The page follows the stream it published: status pushed, memory from `streams`.
         await page.wait_for("$('stream').value === 'browser' && $('state').textContent === 'live'", 10, "live")
         await page.wait_for("/memory [1-9]/.test($('memory').textContent)", 10, "memory on the page")
@@ -79,7 +72,7 @@ async def test_page_publishes_the_webcam_and_streams_an_answer(
 
         # Publish again, then the browser vanishes (killed): the stream ends within seconds.
         await page.evaluate("$('publish').click()")
-        await until(lambda: (info(srv.engine, "browser") or {}).get("state") == "live", 15, "live again")
+        await until(lambda: getattr(info(srv.engine, "browser"), "state", None) == "live", 15, "live again")
         again = srv.engine.source("browser")
         assert isinstance(again, WebRTCSource)
         await page.kill()

@@ -18,20 +18,15 @@ from typing import Any
 
 import pytest
 
-from livesight.engine import Engine, EngineSettings
+from engine.engine import Engine, EngineSettings, SourceFactory
 from models.adapter import ModelAdapter
-from models.loader import choose_placement, load_model
 from stream.factory import make_source
 from stream.frame import Frame
 from stream.rtsp import KeyframeRule, RtspSource
 from stream.source import Source, SourceState
 from stream.spec import SourceSpec, parse_source
 from tests.support.rtsp import RtspServer
-
-
-@pytest.fixture(scope="module")
-def model() -> ModelAdapter:
-    return load_model("tiny-random", choose_placement("cpu"))
+from web.protocol import stream_info
 
 
 @pytest.fixture
@@ -42,18 +37,14 @@ def camera() -> Iterator[RtspServer]:
     server.close()
 
 
-def _factory(spec: SourceSpec, fps: float, realtime: bool) -> Source:
-    return make_source(spec, fps, realtime=realtime)
-
-
 @asynccontextmanager
 async def engine_with(
-    model: ModelAdapter,
+    tiny: ModelAdapter,
     sources: list[str],
     fps: float = 2.0,
-    factory: Callable[[SourceSpec, float, bool], Source] = _factory,
+    factory: SourceFactory = make_source,
 ) -> AsyncIterator[Engine]:
-    engine = Engine(model, EngineSettings(fps=fps), factory)
+    engine = Engine(tiny, EngineSettings(fps=fps), factory)
     await engine.start([parse_source(s) for s in sources])
     try:
         yield engine
@@ -62,7 +53,8 @@ async def engine_with(
 
 
 def info(engine: Engine, name: str = "cam") -> dict[str, Any]:
-    return next(s for s in engine.streams_info() if s["name"] == name)
+    """The stream as a client sees it in ``streams``."""
+    return stream_info(next(s for s in engine.streams_info() if s.name == name))
 
 
 async def wait_for(engine: Engine, what: str, ok: Callable[[dict[str, Any]], bool], within: float) -> float:
@@ -81,8 +73,8 @@ def live(s: dict[str, Any]) -> bool:
     return bool(s["state"] == "live")
 
 
-async def test_camera_goes_live_and_frames_reach_memory(model: ModelAdapter, camera: RtspServer) -> None:
-    async with engine_with(model, [f"cam={camera.url}"]) as engine:
+async def test_camera_goes_live_and_frames_reach_memory(tiny: ModelAdapter, camera: RtspServer) -> None:
+    async with engine_with(tiny, [f"cam={camera.url}"]) as engine:
         await wait_for(engine, "live", live, within=15)
         await wait_for(engine, "frames in memory", lambda s: s["memory_frames"] >= 3, within=15)
         status = info(engine)
@@ -93,10 +85,8 @@ async def test_camera_goes_live_and_frames_reach_memory(model: ModelAdapter, cam
         assert status["fps"] == 2.0
 
 
-async def test_a_camera_that_dies_goes_offline_and_comes_back_by_itself(
-    model: ModelAdapter, camera: RtspServer
-) -> None:
-    async with engine_with(model, [f"cam={camera.url}"]) as engine:
+async def test_a_camera_that_dies_goes_offline_and_comes_back_by_itself(tiny: ModelAdapter, camera: RtspServer) -> None:
+    async with engine_with(tiny, [f"cam={camera.url}"]) as engine:
         await wait_for(engine, "live", live, within=15)
         camera.kill()
         await wait_for(engine, "leaves live after the kill", lambda s: not live(s), within=10)
@@ -112,8 +102,8 @@ async def test_a_camera_that_dies_goes_offline_and_comes_back_by_itself(
         assert info(engine)["error"] is None
 
 
-async def test_a_frozen_camera_is_detected_and_recovered(model: ModelAdapter, camera: RtspServer) -> None:
-    async with engine_with(model, [f"cam={camera.url}"]) as engine:
+async def test_a_frozen_camera_is_detected_and_recovered(tiny: ModelAdapter, camera: RtspServer) -> None:
+    async with engine_with(tiny, [f"cam={camera.url}"]) as engine:
         await wait_for(engine, "live", live, within=15)
         camera.freeze()  # the TCP connection stays open, nothing arrives: only timeouts can tell
         await wait_for(engine, "leaves live after the freeze", lambda s: not live(s), within=10)
@@ -125,7 +115,7 @@ async def test_a_frozen_camera_is_detected_and_recovered(model: ModelAdapter, ca
 
 
 async def test_camera_credentials_never_show(
-    model: ModelAdapter, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+    tiny: ModelAdapter, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server = RtspServer(user="camuser", password="Pa55-secret-1")
@@ -133,7 +123,7 @@ async def test_camera_credentials_never_show(
     wrong = server.url.replace("Pa55-secret-1", "Wr0ng-secret-2")
     secrets = ("camuser", "Pa55-secret-1", "Wr0ng-secret-2")
     try:
-        async with engine_with(model, [f"cam={server.url}", f"bad={wrong}"]) as engine:
+        async with engine_with(tiny, [f"cam={server.url}", f"bad={wrong}"]) as engine:
             # The right password gets frames (so the credentials did reach the camera) ...
             await wait_for(engine, "live with credentials", live, within=15)
             await wait_for(engine, "frames", lambda s: s["memory_frames"] >= 1, within=15)
@@ -144,7 +134,7 @@ async def test_camera_credentials_never_show(
                 await asyncio.sleep(0.1)
             bad = info(engine, "bad")
             assert "401" in bad["error"]
-            status = json.dumps(engine.streams_info())
+            status = json.dumps([stream_info(s) for s in engine.streams_info()])
             spec_text = repr(parse_source(server.url)) + str(parse_source(wrong))
     finally:
         server.close()
@@ -163,6 +153,7 @@ class AgeRecorder:
         self.name = inner.name
         self.display_url = inner.display_url
         self.stats = inner.stats  # the same object, updated by the inner source
+        self.lossless = inner.lossless
         self.ages: list[float] = []
 
     def __aiter__(self) -> AsyncIterator[Frame]:
@@ -177,7 +168,8 @@ class AgeRecorder:
         await self.inner.close()
 
 
-async def test_lag_stays_bounded_for_a_30fps_camera_sampled_at_1fps(model: ModelAdapter, camera: RtspServer) -> None:
+@pytest.mark.slow
+async def test_lag_stays_bounded_for_a_30fps_camera_sampled_at_1fps(tiny: ModelAdapter, camera: RtspServer) -> None:
     """60 s at 1 fps. Without a newest-frame reader PyAV fell ~0.9 s further behind every second (9.4 s
     after 10 s), so a minute shows any build-up many times over the 1 s bound.
 
@@ -188,12 +180,12 @@ async def test_lag_stays_bounded_for_a_30fps_camera_sampled_at_1fps(model: Model
     """
     recorders: list[AgeRecorder] = []
 
-    def factory(spec: SourceSpec, fps: float, realtime: bool) -> Source:
-        recorders.append(AgeRecorder(make_source(spec, fps, realtime=realtime)))
+    def factory(spec: SourceSpec, fps: float) -> Source:
+        recorders.append(AgeRecorder(make_source(spec, fps)))
         return recorders[-1]
 
     in_memory: list[float] = []
-    async with engine_with(model, [f"cam={camera.url}"], fps=1.0, factory=factory) as engine:
+    async with engine_with(tiny, [f"cam={camera.url}"], fps=1.0, factory=factory) as engine:
         await wait_for(engine, "live", live, within=15)
         seen = 0
         end = time.monotonic() + 60

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from livesight.errors import TooLarge
+from errors import TooLarge
 from memory import RollingMemory
 from models.adapter import Turn
 from models.context import EmbeddingPrefix
-from models.smolvlm import SmolVLMAdapter
+from models.families.smolvlm import SmolVLMAdapter
 from stream.demo import render
 
 

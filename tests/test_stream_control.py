@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +12,12 @@ import av
 import numpy as np
 import pytest
 
-from livesight.engine import Engine, EngineSettings
-from models.loader import choose_placement, load_model
-from models.smolvlm import SmolVLMAdapter
+from engine.engine import Engine, EngineSettings
+from engine.events import StreamStatus
+from models.families.smolvlm import SmolVLMAdapter
 from stream.source import Source, SourceState, ThreadedSource
 from stream.spec import SourceSpec, parse_source
-from tests.support.webrtc_peer import Server, WsClient, running, until, ws_client
-
-
-@pytest.fixture(scope="module")
-def tiny() -> SmolVLMAdapter:
-    adapter = load_model("tiny-random", choose_placement("cpu"))
-    assert isinstance(adapter, SmolVLMAdapter)
-    return adapter
-
-
-@pytest.fixture
-async def srv(tiny: SmolVLMAdapter) -> AsyncIterator[Server]:
-    async with running(tiny, EngineSettings(fps=2.0)) as server:
-        yield server
+from tests.support.server import Server, client, until
 
 
 @pytest.fixture
@@ -53,43 +39,43 @@ def status(stream: str, state: str | None = None) -> Callable[[dict[str, Any]], 
 
 
 async def test_add_subscribe_remove(srv: Server) -> None:
-    async with ws_client(srv) as a, ws_client(srv) as b:
+    async with client(srv.url) as a, client(srv.url) as b:
         await a.send({"type": "add_stream", "id": "r1", "name": "scene", "url": "demo"})
         added = await a.recv()
         assert added == {"type": "stream_added", "id": "r1", "stream": "scene", "source": "demo"}
 
         # Subscribing answers with the current state at once, then pushes every change.
         await b.send({"type": "subscribe", "stream": "scene"})
-        first = await b.until(status("scene"))
+        first = await b.next(status("scene"))
         assert first["state"] in ("starting", "live")
         assert first["source"] == "demo"
         if first["state"] == "starting":
-            await b.until(status("scene", "live"), timeout=10)
+            await b.next(status("scene", "live"), timeout=10)
 
         await a.send({"type": "add_stream", "id": "r2", "name": "scene", "url": "demo"})
         dup = await a.recv()
         assert (dup["type"], dup["id"], dup["code"]) == ("error", "r2", "bad_request")
 
         await a.send({"type": "remove_stream", "id": "r3", "name": "scene"})
-        assert await a.until(lambda m: m["type"] == "stream_removed") == {
+        assert await a.next(lambda m: m["type"] == "stream_removed") == {
             "type": "stream_removed",
             "id": "r3",
             "stream": "scene",
         }
-        assert (await b.until(status("scene")))["state"] == "removed"
+        assert (await b.next(status("scene")))["state"] == "removed"
         assert srv.engine.stream_names() == []
 
         # The subscription is by name: the stream added again is followed again.
         await a.send({"type": "add_stream", "name": "scene", "url": "demo"})
-        assert (await b.until(status("scene")))["state"] in ("starting", "live")
+        assert (await b.next(status("scene")))["state"] in ("starting", "live")
 
         await b.send({"type": "unsubscribe", "stream": "scene"})
-        assert await b.until(lambda m: m["type"] == "unsubscribed") == {"type": "unsubscribed", "stream": "scene"}
+        assert await b.next(lambda m: m["type"] == "unsubscribed") == {"type": "unsubscribed", "stream": "scene"}
         assert len(srv.engine.subscriptions) == 0
 
 
 async def test_errors_have_codes_and_never_show_credentials(srv: Server) -> None:
-    async with ws_client(srv) as ws:
+    async with client(srv.url) as ws:
         await ws.send({"type": "remove_stream", "id": "x1", "name": "ghost"})
         err = await ws.recv()
         assert (err["type"], err["id"], err["code"]) == ("error", "x1", "unknown_stream")
@@ -110,33 +96,33 @@ async def test_errors_have_codes_and_never_show_credentials(srv: Server) -> None
 
 
 async def test_state_changes_made_in_a_reader_thread_are_pushed(srv: Server, clip: Path) -> None:
-    async with ws_client(srv) as ws:
+    async with client(srv.url) as ws:
         await ws.send({"type": "add_stream", "name": "clip", "url": str(clip)})
         assert (await ws.recv())["type"] == "stream_added"
         await ws.send({"type": "subscribe", "stream": "clip"})
-        seen = [(await ws.until(status("clip")))["state"]]
+        seen = [(await ws.next(status("clip")))["state"]]
         while seen[-1] != "ended":
-            seen.append((await ws.until(status("clip"), timeout=10))["state"])
+            seen.append((await ws.next(status("clip"), timeout=10))["state"])
         # Every push is a change (no state twice in a row); the end of the file was pushed.
         assert all(x != y for x, y in itertools.pairwise(seen))
         assert seen[0] in ("starting", "live")
         assert len(seen) >= 2
         ended = srv.engine.streams_info()[0]
-        assert ended["state"] == "ended"
-        assert ended["frames"] >= 1
+        assert ended.state == "ended"
+        assert ended.frames >= 1
 
 
 async def test_disconnecting_drops_subscriptions(srv: Server) -> None:
-    async with ws_client(srv) as ws:
+    async with client(srv.url) as ws:
         await ws.send({"type": "add_stream", "name": "scene", "url": "demo"})
         await ws.recv()
         await ws.send({"type": "subscribe", "stream": "scene"})
-        await ws.until(status("scene"))
+        await ws.next(status("scene"))
         assert len(srv.engine.subscriptions) == 1
-    client: WsClient
-    async with ws_client(srv) as client:
-        await client.send({"type": "streams"})
-        await client.recv()
+    async with client(srv.url) as other:
+        # A round trip on another connection: the first connection's teardown has run by now.
+        await other.send({"type": "streams"})
+        await other.recv()
     assert len(srv.engine.subscriptions) == 0
 
 
@@ -161,23 +147,29 @@ class FlakyCamera(ThreadedSource):
 async def test_transitions_without_frames_are_pushed(tiny: SmolVLMAdapter) -> None:
     cams: list[FlakyCamera] = []
 
-    def make(spec: SourceSpec, fps: float, realtime: bool) -> Source:
+    def make(spec: SourceSpec, fps: float) -> Source:
         cams.append(FlakyCamera(spec.name, fps))
         return cams[-1]
 
     engine = Engine(tiny, EngineSettings(fps=1.0), make)
     await engine.start([parse_source("cam=demo")])
-    pushed: list[dict] = []
+    pushed: list[StreamStatus] = []
+
+    def state(ev: StreamStatus) -> str:
+        return "removed" if ev.info is None else ev.info.state
+
     try:
         engine.subscribe("cam", pushed.append)
-        await until(lambda: pushed[-1]["state"] == "live", 5, "live")
+        await until(lambda: state(pushed[-1]) == "live", 5, "live")
         for want in ("reconnecting", "live", "offline"):
             cams[0].step.set()
-            await until(lambda w=want: pushed[-1]["state"] == w, 5, want)  # type: ignore[misc]
-        states = [m["state"] for m in pushed]
-        assert states[-4:] == ["live", "reconnecting", "live", "offline"]
-        assert all(m["type"] == "status" and m["stream"] == "cam" for m in pushed)
-        await asyncio.sleep(0.1)
-        assert len(pushed) == len(states)  # nothing more without a change
+            await until(lambda w=want: state(pushed[-1]) == w, 5, want)  # type: ignore[misc]
+        # Removing the stream pushes one last event: every push before it was a change of state.
+        await engine.remove_stream("cam")
+        await until(lambda: state(pushed[-1]) == "removed", 5, "removed")
+        states = [state(ev) for ev in pushed]
+        assert states[-5:] == ["live", "reconnecting", "live", "offline", "removed"]
+        assert all(a != b for a, b in itertools.pairwise(states))  # nothing pushed without a change
+        assert all(ev.stream == "cam" for ev in pushed)
     finally:
         await engine.close()

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from engine.engine import Engine, EngineSettings
+from errors import ConfigError
 from livesight.cli import main
-from livesight.engine import Engine, EngineSettings
-from livesight.errors import ConfigError
 from livesight.stream_file import load_streams_file
-from models.loader import choose_placement, load_model
+from models.families.smolvlm import SmolVLMAdapter
 from stream.factory import make_source
-from stream.source import Source, ThreadedSource
+from stream.source import ThreadedSource
 from stream.spec import SourceSpec
 
 GOOD = """
@@ -119,14 +119,11 @@ def test_serve_refuses_a_name_used_in_the_file_and_on_the_command_line(
     assert "repeated: demo" in capsys.readouterr().err
 
 
-async def test_the_engine_samples_each_stream_at_its_own_rate() -> None:
-    def factory(spec: SourceSpec, fps: float, realtime: bool) -> Source:
-        return make_source(spec, fps, realtime=realtime)
-
-    engine = Engine(load_model("tiny-random", choose_placement("cpu")), EngineSettings(fps=1.0), factory)
+async def test_the_engine_samples_each_stream_at_its_own_rate(tiny: SmolVLMAdapter) -> None:
+    engine = Engine(tiny, EngineSettings(fps=1.0), make_source)
     await engine.start([SourceSpec("fast", "demo", "demo", fps=4.0), SourceSpec("slow", "demo", "demo")])
     try:
-        rates = {s["name"]: s["fps"] for s in engine.streams_info()}
+        rates = {s.name: s.fps for s in engine.streams_info()}
         assert rates == {"fast": 4.0, "slow": 1.0}
         periods = {}
         for name in rates:

@@ -15,19 +15,12 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 import stream.webrtc
-from livesight.engine import EngineSettings
-from models.loader import choose_placement, load_model
-from models.smolvlm import SmolVLMAdapter
+from engine.engine import EngineSettings
+from models.families.smolvlm import SmolVLMAdapter
 from stream.frame import Frame
 from stream.webrtc import WebRTCSource
-from tests.support.webrtc_peer import SyntheticTrack, info, loopback_ice, publish, running, unpublish, until, ws_client
-
-
-@pytest.fixture(scope="module")
-def tiny() -> SmolVLMAdapter:
-    adapter = load_model("tiny-random", choose_placement("cpu"))
-    assert isinstance(adapter, SmolVLMAdapter)
-    return adapter
+from tests.support.server import client, info, running_server, until
+from tests.support.webrtc_peer import SyntheticTrack, loopback_ice, publish, unpublish
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +39,7 @@ def own_threads() -> list[str]:
 
 
 async def test_published_frames_reach_memory_and_status_is_pushed(tiny: SmolVLMAdapter) -> None:
-    async with running(tiny, EngineSettings(fps=4.0)) as srv, ws_client(srv) as ws:
+    async with running_server(tiny, EngineSettings(fps=4.0), ()) as srv, client(srv.url) as ws:
         pub = await publish(srv.port, "cam")
         assert pub.location.startswith("/v1/whip/cam/")
         await ws.send({"type": "subscribe", "stream": "cam"})
@@ -55,32 +48,32 @@ async def test_published_frames_reach_memory_and_status_is_pushed(tiny: SmolVLMA
         assert first["stream"] == "cam"
         assert first["source"] == "webrtc"
         if first["state"] != "live":
-            assert (await ws.until(lambda m: m["type"] == "status"))["state"] == "live"
+            assert (await ws.next(lambda m: m["type"] == "status"))["state"] == "live"
 
-        await until(lambda: (info(srv.engine, "cam") or {}).get("memory_frames", 0) >= 3, 20, "frames in memory")
+        await until(lambda: getattr(info(srv.engine, "cam"), "memory_frames", 0) >= 3, 20, "frames in memory")
         cam = info(srv.engine, "cam")
         assert cam is not None
-        assert cam["state"] == "live"
-        assert cam["memory_tokens"] > 0
+        assert cam.state == "live"
+        assert cam.memory_tokens > 0
         # Newest-frame semantics: what is in memory is recent, not a backlog.
-        assert cam["last_frame_age_s"] is not None
-        assert cam["last_frame_age_s"] < 2.0
+        assert cam.last_frame_age_s is not None
+        assert cam.last_frame_age_s < 2.0
 
         await ws.send({"type": "ask", "id": "q1", "stream": "cam", "question": "What do you see?"})
-        answer = await ws.until(lambda m: m["type"] in ("answer", "error"), timeout=60)
+        answer = await ws.next(lambda m: m["type"] in ("answer", "error"), timeout=60)
         assert answer["type"] == "answer"
         assert answer["context"]["frames"] >= 3
 
         # DELETE on the Location ends the session: the stream goes away, subscribers hear it.
         assert await unpublish(srv.port, pub.location) == 200
-        assert (await ws.until(lambda m: m["type"] == "status"))["state"] == "removed"
+        assert (await ws.next(lambda m: m["type"] == "status"))["state"] == "removed"
         assert srv.engine.source("cam") is None
         assert await unpublish(srv.port, pub.location) == 404
         await pub.pc.close()
 
 
 async def test_publisher_closing_ends_the_stream_and_the_name_can_be_reused(tiny: SmolVLMAdapter) -> None:
-    async with running(tiny, EngineSettings(fps=4.0)) as srv, ws_client(srv) as ws:
+    async with running_server(tiny, EngineSettings(fps=4.0), ()) as srv, client(srv.url) as ws:
         pub = await publish(srv.port, "cam")
         source = srv.engine.source("cam")
         assert isinstance(source, WebRTCSource)
@@ -89,15 +82,15 @@ async def test_publisher_closing_ends_the_stream_and_the_name_can_be_reused(tiny
         await ws.recv()
 
         await pub.pc.close()  # the publisher goes away (RTCP BYE, DTLS close)
-        ended = await ws.until(lambda m: m["type"] == "status" and m["state"] == "ended", timeout=10)
+        ended = await ws.next(lambda m: m["type"] == "status" and m["state"] == "ended", timeout=10)
         assert ended["stream"] == "cam"
         await until(lambda: source._pc.connectionState == "closed", 5, "the server's peer connection to close")
 
         # The same name again: the ended stream is replaced, the subscription carries over.
         pub2 = await publish(srv.port, "cam")
         assert srv.engine.source("cam") is not source
-        assert (await ws.until(lambda m: m["type"] == "status"))["state"] == "removed"
-        await ws.until(lambda m: m["type"] == "status" and m["state"] == "live", timeout=10)
+        assert (await ws.next(lambda m: m["type"] == "status"))["state"] == "removed"
+        await ws.next(lambda m: m["type"] == "status" and m["state"] == "live", timeout=10)
         await pub2.pc.close()
 
 
@@ -105,7 +98,7 @@ async def test_a_publisher_that_goes_silent_ends_within_seconds(
     tiny: SmolVLMAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(stream.webrtc, "STALL_S", 1.0)
-    async with running(tiny, EngineSettings(fps=4.0)) as srv:
+    async with running_server(tiny, EngineSettings(fps=4.0), ()) as srv:
         pub = await publish(srv.port, "cam")
         source = srv.engine.source("cam")
         assert isinstance(source, WebRTCSource)
@@ -114,8 +107,8 @@ async def test_a_publisher_that_goes_silent_ends_within_seconds(
         await until(lambda: source.stats.state.value == "ended", 5, "the stream to end")
         cam = info(srv.engine, "cam")
         assert cam is not None
-        assert cam["state"] == "ended"
-        assert "no video" in cam["error"]
+        assert cam.state == "ended"
+        assert cam.error is not None and "no video" in cam.error
         await until(lambda: source._pc.connectionState == "closed", 5, "the server's peer connection to close")
         await pub.pc.close()
 
@@ -136,7 +129,7 @@ async def test_twenty_publish_cycles_leave_nothing_behind(tiny: SmolVLMAdapter) 
 
     loop_errors: list[dict] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
-    async with running(tiny, EngineSettings(fps=2.0)) as srv:
+    async with running_server(tiny, EngineSettings(fps=2.0), ()) as srv:
         await cycle(-1)  # warm-up: lazily started pools (the default executor) exist from here on
         if srv.engine.source("cam") is not None:
             await srv.engine.remove_stream("cam")
@@ -189,7 +182,7 @@ async def test_removing_a_stream_while_its_publisher_hangs_up(tiny: SmolVLMAdapt
     engine cancels the stream and closes the source; the connection must still close cleanly."""
     loop_errors: list[dict] = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
-    async with running(tiny, EngineSettings(fps=4.0)) as srv:
+    async with running_server(tiny, EngineSettings(fps=4.0), ()) as srv:
         for delay in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1):
             pub = await publish(srv.port, "cam")
             source = srv.engine.source("cam")

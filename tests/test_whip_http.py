@@ -6,32 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 
 import web.plain_http
-from livesight.engine import EngineSettings
-from models.loader import choose_placement, load_model
-from models.smolvlm import SmolVLMAdapter
-from tests.support.webrtc_peer import TOKEN, Server, http_request, running, ws_client
+from tests.support.server import TOKEN, Server, client, http_request
 from web.plain_http import MAX_BODY_BYTES, MAX_HEAD_BYTES
+
+pytestmark = pytest.mark.server(sources=["demo"], fps=1.0)
 
 SDP = {"Content-Type": "application/sdp"}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def tiny() -> SmolVLMAdapter:
-    adapter = load_model("tiny-random", choose_placement("cpu"))
-    assert isinstance(adapter, SmolVLMAdapter)
-    return adapter
-
-
-@pytest.fixture
-async def srv(tiny: SmolVLMAdapter) -> AsyncIterator[Server]:
-    async with running(tiny, EngineSettings(fps=1.0), ["demo"]) as server:
-        yield server
 
 
 async def request(
@@ -136,6 +121,6 @@ async def test_slow_and_vanishing_clients(srv: Server, monkeypatch: pytest.Monke
     page = await asyncio.to_thread(http_request, srv.port, "GET", "/")
     assert page.status == 200
     assert b"/v1/whip/" in page.body
-    async with ws_client(srv) as ws:
+    async with client(srv.url) as ws:
         await ws.send({"type": "streams"})
         assert (await ws.recv())["type"] == "streams"

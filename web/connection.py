@@ -10,18 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from livesight.engine import Engine, Question
-from livesight.errors import BadRequest, Busy, LivesightError, Unauthorized
+from engine.engine import Engine, Question
+from engine.events import FINAL, QuestionEvent, StreamStatus
+from errors import BadRequest, Busy, LivesightError, Unauthorized
 from stream.spec import check_name, parse_source
+from web import protocol
 from web.protocol import (
     AddStream,
     Ask,
@@ -32,6 +32,7 @@ from web.protocol import (
     Streams,
     Subscribe,
     Unsubscribe,
+    Wire,
     parse,
 )
 
@@ -57,14 +58,14 @@ class ClientConnection:
         self.engine = engine
         self._token = token
         self._clock = clock
-        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=outbox)
+        self._outbox: asyncio.Queue[Wire | None] = asyncio.Queue(maxsize=outbox)
         self._active: dict[str, Question] = {}
         self._subscribed: set[str] = set()
         self._removals: set[asyncio.Task[None]] = set()
         self._closing = False
         self._closer: asyncio.Task[None] | None = None  # the close of a client too slow to read
 
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: Wire) -> None:
         """Queue a message for this client (never blocks). A full outbox disconnects the client."""
         if self._closing:
             return
@@ -78,18 +79,21 @@ class ClientConnection:
                 self.ws.close(1013, "client too slow"), name=f"close-slow:{id(self)}"
             )
 
-    def _from_engine(self, msg: dict[str, Any]) -> None:
-        """What the engine delivers for one of our questions; a final message frees its id."""
-        if msg["type"] in ("answer", "cancelled", "error"):
-            self._active.pop(str(msg["id"]), None)
-        self.send(msg)
+    def _on_question(self, ev: QuestionEvent) -> None:
+        """An event of one of our questions; the final one frees its id."""
+        if isinstance(ev, FINAL):
+            self._active.pop(ev.question, None)
+        self.send(protocol.event(ev))
+
+    def _on_status(self, ev: StreamStatus) -> None:
+        self.send(protocol.status(ev))
 
     async def _drain(self) -> None:
         while True:
             msg = await self._outbox.get()
             if msg is None:
                 return
-            await self.ws.send(json.dumps(msg, separators=(",", ":")))
+            await self.ws.send(protocol.dumps(msg))
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._drain(), name=f"client-send:{id(self)}")
@@ -104,7 +108,7 @@ class ClientConnection:
             self._closing = True
             self._cancel_all()
             for name in self._subscribed:
-                self.engine.unsubscribe(name, self.send)
+                self.engine.unsubscribe(name, self._on_status)
             if self._removals:
                 # A removal is not cancelled halfway: it would leave a source unclosed. They are short.
                 await asyncio.wait(self._removals, timeout=10.0)
@@ -134,14 +138,11 @@ class ClientConnection:
         if not hmac.compare_digest(msg.token.encode(), self._token.encode()):
             await self._reject("wrong token")
             return False
-        self.send({"type": "ready", "streams": self.engine.stream_names()})
+        self.send(protocol.ready(self.engine.stream_names()))
         return True
 
     async def _reject(self, why: str) -> None:
-        err = Unauthorized(why)
-        await self.ws.send(
-            json.dumps({"type": "error", "id": None, "code": err.code, "message": err.message, "retryable": False})
-        )
+        await self.ws.send(protocol.dumps(protocol.error(None, Unauthorized(why))))
         await self.ws.close(1008, "unauthorized")
 
     def _handle(self, raw: str | bytes) -> None:
@@ -159,7 +160,7 @@ class ClientConnection:
                     raise BadRequest(f"no active question with id {msg.id!r}")
                 self.engine.cancel(q)
             elif isinstance(msg, Streams):
-                self.send({"type": "streams", "streams": self.engine.streams_info()})
+                self.send(protocol.streams(self.engine.streams_info()))
             elif isinstance(msg, AddStream):
                 self._add_stream(msg)
             elif isinstance(msg, RemoveStream):
@@ -171,12 +172,12 @@ class ClientConnection:
             elif isinstance(msg, Subscribe):
                 if msg.stream not in self._subscribed and len(self._subscribed) >= MAX_SUBSCRIPTIONS:
                     raise BadRequest(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
-                self.engine.subscribe(msg.stream, self.send)
+                self.engine.subscribe(msg.stream, self._on_status)
                 self._subscribed.add(msg.stream)
             elif isinstance(msg, Unsubscribe):
-                self.engine.unsubscribe(msg.stream, self.send)
+                self.engine.unsubscribe(msg.stream, self._on_status)
                 self._subscribed.discard(msg.stream)
-                self.send({"type": "unsubscribed", "stream": msg.stream})
+                self.send(protocol.unsubscribed(msg.stream))
             elif isinstance(msg, Auth):
                 raise BadRequest("already authenticated")
         except LivesightError as exc:
@@ -194,7 +195,7 @@ class ClientConnection:
             max_new_tokens=msg.max_new_tokens,
             session=msg.session,
             guided=msg.guided,
-            deliver=self._from_engine,
+            reply=self._on_question,
             received=self._clock(),
         )
         self.engine.submit(q)
@@ -204,7 +205,7 @@ class ClientConnection:
         # The name is checked first: parse_source would read an invalid one as part of the URL.
         spec = parse_source(f"{check_name(msg.name)}={msg.url}")
         self.engine.add_stream(spec)
-        self.send({"type": "stream_added", "id": msg.id, "stream": spec.name, "source": spec.display_url})
+        self.send(protocol.stream_added(msg.id, spec.name, spec.display_url))
 
     async def _remove_stream(self, msg: RemoveStream) -> None:
         try:
@@ -212,10 +213,10 @@ class ClientConnection:
         except LivesightError as exc:
             self._error(msg.id, exc)
             return
-        self.send({"type": "stream_removed", "id": msg.id, "stream": msg.name})
+        self.send(protocol.stream_removed(msg.id, msg.name))
 
     def _error(self, msg_id: str | None, exc: LivesightError) -> None:
-        self.send({"type": "error", "id": msg_id, "code": exc.code, "message": exc.message, "retryable": exc.retryable})
+        self.send(protocol.error(msg_id, exc))
 
     def _cancel_all(self) -> None:
         for q in list(self._active.values()):

@@ -1,17 +1,23 @@
-"""The websocket protocol's client messages: parsed and validated once, at the edge.
+"""The websocket protocol, both directions: the one place where wire messages are shaped.
 
-Every message is a JSON object with a ``type``. Unknown types, unknown or missing fields and ill-typed
-values are ``bad_request``; a message over :data:`MAX_MESSAGE_BYTES` is ``too_large``.
+Client messages are parsed and validated once, at the edge: every message is a JSON object with a
+``type``; unknown types, unknown or missing fields and ill-typed values are ``bad_request``; a message over
+:data:`MAX_MESSAGE_BYTES` is ``too_large``. The same models build requests in clients
+(:func:`request`). Server messages are made here from the engine's typed events (:func:`event`), stream
+descriptions (:func:`stream_info`) and errors (:func:`error`), whose wire codes are all mapped in
+:func:`error_code`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from livesight.errors import BadRequest, TooLarge
+from engine.events import Answered, Cancelled, Failed, QuestionEvent, StreamInfo, StreamStatus, Token
+from errors import BadRequest, Kind, LivesightError, TooLarge, UnknownStream
 
 #: Largest client message the protocol accepts (bytes of UTF-8). Larger ones get ``too_large``; the
 #: connection stays open. Messages over :data:`HARD_LIMIT_BYTES` close the connection (code 1009).
@@ -29,12 +35,12 @@ class _Msg(BaseModel):
 
 
 class Auth(_Msg):
-    type: Literal["auth"]
+    type: Literal["auth"] = "auth"
     token: Annotated[StrictStr, Field(max_length=512)]
 
 
 class Ask(_Msg):
-    type: Literal["ask"]
+    type: Literal["ask"] = "ask"
     id: Id
     stream: Name
     question: Annotated[StrictStr, Field(min_length=1, max_length=MAX_QUESTION_CHARS)]
@@ -46,25 +52,25 @@ class Ask(_Msg):
 
 
 class Cancel(_Msg):
-    type: Literal["cancel"]
+    type: Literal["cancel"] = "cancel"
     id: Id
 
 
 class Streams(_Msg):
-    type: Literal["streams"]
+    type: Literal["streams"] = "streams"
 
 
 class AddStream(_Msg):
     """Start ingesting ``url`` (anything ``livesight serve --source`` takes) as stream ``name``."""
 
-    type: Literal["add_stream"]
+    type: Literal["add_stream"] = "add_stream"
     name: Name
     url: Annotated[StrictStr, Field(min_length=1, max_length=2048)]
     id: Id | None = None
 
 
 class RemoveStream(_Msg):
-    type: Literal["remove_stream"]
+    type: Literal["remove_stream"] = "remove_stream"
     name: Name
     id: Id | None = None
 
@@ -72,12 +78,12 @@ class RemoveStream(_Msg):
 class Subscribe(_Msg):
     """Receive a ``status`` message now and on every state change of ``stream``."""
 
-    type: Literal["subscribe"]
+    type: Literal["subscribe"] = "subscribe"
     stream: Name
 
 
 class Unsubscribe(_Msg):
-    type: Literal["unsubscribe"]
+    type: Literal["unsubscribe"] = "unsubscribe"
     stream: Name
 
 
@@ -120,6 +126,11 @@ def parse(raw: str | bytes) -> Message:
         raise ProtocolError(BadRequest(_describe(exc, kind)), msg_id) from None
 
 
+def request(msg: Message) -> str:
+    """A client message as wire JSON (fields left at None are omitted)."""
+    return msg.model_dump_json(exclude_none=True)
+
+
 def _describe(exc: ValidationError, kind: str) -> str:
     first = exc.errors()[0]
     if first["type"] == "union_tag_invalid":
@@ -129,3 +140,91 @@ def _describe(exc: ValidationError, kind: str) -> str:
         )
     where = ".".join(str(p) for p in first["loc"][1:]) or "message"
     return f"{kind}: field {where!r}: {first['msg']}"
+
+
+# --- server messages -------------------------------------------------------------------------------------
+Wire = dict[str, Any]
+
+#: Wire codes of errors that name a thing; the rest are mapped by kind below.
+_CODE_BY_CLASS: dict[type[LivesightError], str] = {UnknownStream: "unknown_stream"}
+_CODE_BY_KIND: dict[Kind, str] = {
+    Kind.INVALID: "bad_request",
+    Kind.CONFLICT: "bad_request",
+    Kind.NOT_FOUND: "bad_request",
+    Kind.TOO_LARGE: "too_large",
+    Kind.BUSY: "busy",
+    Kind.UNAUTHORIZED: "unauthorized",
+}
+#: Every code an ``error`` message can carry (README, "Errors").
+ERROR_CODES = ("bad_request", "unknown_stream", "unauthorized", "too_large", "busy", "internal")
+
+
+def error_code(exc: LivesightError) -> str:
+    """The wire code of an error: the most specific class mapped, else its kind, else ``internal``."""
+    for cls in type(exc).__mro__:
+        if cls in _CODE_BY_CLASS:
+            return _CODE_BY_CLASS[cls]
+    return _CODE_BY_KIND.get(exc.kind, "internal")
+
+
+def error(msg_id: str | None, exc: LivesightError) -> Wire:
+    return {"type": "error", "id": msg_id, "code": error_code(exc), "message": exc.message, "retryable": exc.retryable}
+
+
+def ready(streams: list[str]) -> Wire:
+    return {"type": "ready", "streams": streams}
+
+
+def stream_info(info: StreamInfo) -> Wire:
+    """One stream as ``streams`` lists it (``status`` carries the same fields)."""
+    out = asdict(info)
+    out["memory_span"] = list(info.memory_span) if info.memory_span is not None else None
+    out["memory_tiers"] = [{**asdict(t), "span": list(t.span) if t.span else None} for t in info.memory_tiers]
+    return out
+
+
+def streams(infos: list[StreamInfo]) -> Wire:
+    return {"type": "streams", "streams": [stream_info(i) for i in infos]}
+
+
+def status(event: StreamStatus) -> Wire:
+    if event.info is None:
+        return {"type": "status", "stream": event.stream, "state": "removed"}
+    info = stream_info(event.info)
+    del info["name"]
+    return {"type": "status", "stream": event.stream, **info}
+
+
+def stream_added(msg_id: str | None, name: str, source: str) -> Wire:
+    return {"type": "stream_added", "id": msg_id, "stream": name, "source": source}
+
+
+def stream_removed(msg_id: str | None, name: str) -> Wire:
+    return {"type": "stream_removed", "id": msg_id, "stream": name}
+
+
+def unsubscribed(name: str) -> Wire:
+    return {"type": "unsubscribed", "stream": name}
+
+
+def event(ev: QuestionEvent) -> Wire:
+    """A question's event as its wire message."""
+    if isinstance(ev, Token):
+        return {"type": "token", "id": ev.question, "text": ev.text}
+    if isinstance(ev, Answered):
+        return {
+            "type": "answer",
+            "id": ev.question,
+            "text": ev.text,
+            "context": asdict(ev.context),
+            "timing": asdict(ev.timing),
+        }
+    if isinstance(ev, Cancelled):
+        return {"type": "cancelled", "id": ev.question}
+    assert isinstance(ev, Failed)
+    return error(ev.question, ev.error)
+
+
+def dumps(msg: Wire) -> str:
+    """Compact JSON, as every server message is sent."""
+    return json.dumps(msg, separators=(",", ":"))

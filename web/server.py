@@ -16,7 +16,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from livesight.engine import Engine
+from engine.engine import Engine
 from web.connection import OUTBOX, ClientConnection
 from web.plain_http import connection_class
 from web.protocol import HARD_LIMIT_BYTES
@@ -80,7 +80,7 @@ class App:
             {
                 "status": "ok",
                 "model": self.model_id,
-                "streams": [{"name": s["name"], "state": s["state"]} for s in self.engine.streams_info()],
+                "streams": [{"name": s.name, "state": s.state} for s in self.engine.streams_info()],
                 "queued": self.engine.queued,
             },
         )

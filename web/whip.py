@@ -16,8 +16,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 from urllib.parse import unquote, urlsplit
 
-from livesight.engine import Engine
-from livesight.errors import BadRequest, Busy, ConfigError, UnknownStream
+from engine.engine import Engine
+from errors import BadRequest, Busy, ConfigError, Conflict, UnknownStream
 from stream.source import SourceState
 from stream.spec import SourceSpec, check_name
 from stream.webrtc import WebRTCSource
@@ -75,9 +75,9 @@ class WhipEndpoint:
             engine.add_source(SourceSpec(name, "webrtc", "webrtc"), source)
         except BadRequest as exc:
             await source.close()
-            # add_source refuses a name taken meanwhile (another publisher won the race) as BadRequest.
-            taken = engine.source(name) is not None
-            raise HttpError(HTTPStatus.CONFLICT if taken else HTTPStatus.BAD_REQUEST, exc.message) from None
+            # add_source refuses a name taken meanwhile (another publisher won the race) as a Conflict.
+            conflict = isinstance(exc, Conflict)
+            raise HttpError(HTTPStatus.CONFLICT if conflict else HTTPStatus.BAD_REQUEST, exc.message) from None
         except Busy as exc:
             await source.close()
             raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, exc.message, [("Retry-After", "5")]) from None

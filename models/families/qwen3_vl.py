@@ -18,13 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers import DynamicCache, PreTrainedTokenizerBase, Qwen3VLConfig
 
 from memory.segment import Segment
 from models.context import Chunk, Visual
+from models.families.qwen2_5_vl import CHAT, TOKENS, QwenVLAdapter, special_ids, text_ids
 from models.mrope import segment_offsets
-from models.qwen2_5_vl import QwenVLAdapter, special_ids, text_ids
-from models.qwen2_5_vl import tiny_tokenizer as tiny_tokenizer  # same special tokens and chat format
+from models.registry import FamilySpec
 
 MEAN = STD = (0.5, 0.5, 0.5)
 
@@ -73,7 +73,7 @@ class Qwen3VLAdapter(QwenVLAdapter):
         # The top-level forward takes no DeepStack input (it derives it from pixel values), so call the
         # language model directly and apply the head ourselves.
         hidden = self.model.model.language_model(
-            inputs_embeds=embeds, position_ids=positions, past_key_values=cache, use_cache=True, **deepstack
+            inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=True, **deepstack
         ).last_hidden_state
         if not all_logits:
             hidden = hidden[:, -1:]
@@ -153,6 +153,17 @@ def qwen3_vl_2b_config(tokenizer: PreTrainedTokenizerBase) -> Qwen3VLConfig:
     )
 
 
-def random_model(config: Qwen3VLConfig, seed: int) -> Qwen3VLForConditionalGeneration:
-    torch.manual_seed(seed)
-    return Qwen3VLForConditionalGeneration(config)
+FAMILY = FamilySpec(
+    model_type="qwen3_vl",
+    model_class="Qwen3VLForConditionalGeneration",
+    adapter=Qwen3VLAdapter,
+    chat=CHAT,  # Qwen2.5-VL's special tokens and chat format
+    tokens=TOKENS,
+    tiny_config=tiny_config,
+    real_config=qwen3_vl_2b_config,
+    real_name="Qwen3-VL-2B",
+    default_budget=8192,
+    mean=MEAN,
+    std=STD,
+    tiny_options={"size": 64},
+)

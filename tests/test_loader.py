@@ -9,47 +9,39 @@ from pathlib import Path
 import pytest
 import torch
 
-from livesight.errors import ConfigError, ModelUnavailable
-from models import llava_next_video, llava_onevision, qwen2_5_vl, qwen3_vl, smolvlm
+from errors import ConfigError, ModelUnavailable
 from models.context import EmbeddingContext
-from models.loader import BUILTIN, FAMILIES, choose_placement, load_model
+from models.families.llava_onevision import LlavaOneVisionAdapter
+from models.loader import build_random, choose_placement, load_model
+from models.registry import builtin_names, family, model_types, parse_builtin
 from tests.families import frames, segments
 
-MODULES = {
-    "smolvlm": smolvlm,
-    "qwen2_5_vl": qwen2_5_vl,
-    "qwen3_vl": qwen3_vl,
-    "llava_onevision": llava_onevision,
-    "llava_next_video": llava_next_video,
-}
-REAL_SIZE = [
-    (smolvlm, smolvlm.smolvlm2_256m_config, 64),
-    (qwen2_5_vl, qwen2_5_vl.qwen2_5_vl_3b_config, 256),
-    (qwen3_vl, qwen3_vl.qwen3_vl_2b_config, 196),
-    (llava_onevision, llava_onevision.llava_onevision_0_5b_config, 196),
-    (llava_next_video, llava_next_video.llava_next_video_7b_config, 144),
-]
+#: Visual tokens per frame of each family's real-size configuration.
+REAL_TOKENS = {"smolvlm": 64, "qwen2_5_vl": 256, "qwen3_vl": 196, "llava_onevision": 196, "llava_next_video": 144}
 
 
-def test_every_family_is_registered_with_a_builtin() -> None:
-    assert set(FAMILIES) == set(MODULES)
-    for family in MODULES:
-        if family != "smolvlm":
-            assert f"tiny-random-{family}" in BUILTIN
-    assert "tiny-random" in BUILTIN
+def test_every_family_is_registered_with_builtins() -> None:
+    assert set(model_types()) == set(REAL_TOKENS)
+    for t in model_types():
+        assert family(t).model_type == t
+        assert {f"tiny-random-{t}", f"random-{t}"} <= set(builtin_names())
+        assert parse_builtin(f"tiny-random-{t}") == (t, "tiny")
+    assert parse_builtin("tiny-random") == ("smolvlm", "tiny")
+    assert parse_builtin("random-smolvlm2-256m") == ("smolvlm", "real")
+    assert parse_builtin("HuggingFaceTB/SmolVLM2-256M-Video-Instruct") is None
 
 
-@pytest.mark.parametrize("family", sorted(MODULES))
-def test_family_loads_from_a_model_directory(family: str, tmp_path: Path) -> None:
-    mod = MODULES[family]
-    tok = mod.tiny_tokenizer()
-    model = mod.random_model(mod.tiny_config(tok), 0)
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+@pytest.mark.parametrize("model_type", sorted(REAL_TOKENS))
+def test_family_loads_from_a_model_directory(model_type: str, tmp_path: Path) -> None:
+    spec = family(model_type)
+    built = build_random(spec, "tiny", choose_placement("cpu"))
+    assert isinstance(built, EmbeddingContext)
+    built.model.save_pretrained(tmp_path)
+    built.tokenizer.save_pretrained(tmp_path)
     ad = load_model(str(tmp_path), choose_placement("cpu"))
     assert isinstance(ad, EmbeddingContext)
-    assert type(ad.model) is type(model)
-    assert ad.model.config.model_type == family
+    assert type(ad.model) is type(built.model)
+    assert ad.model.config.model_type == model_type
     prefix = ad.build_prefix(segments(ad, frames(1)))
     logits = ad.question_logits(prefix, [], "Hi?")
     assert torch.isfinite(logits).all()
@@ -60,29 +52,32 @@ def test_unsupported_model_type_lists_the_supported_families(tmp_path: Path) -> 
     with pytest.raises(ModelUnavailable) as info:
         load_model(str(tmp_path), choose_placement("cpu"))
     assert not info.value.retryable
-    for family in MODULES:
-        assert family in info.value.message
+    for model_type in REAL_TOKENS:
+        assert model_type in info.value.message
     assert "'bert'" in info.value.message
 
 
-@pytest.mark.parametrize(("mod", "make", "tokens"), REAL_SIZE, ids=[m.__name__ for m, _, _ in REAL_SIZE])
-def test_real_size_configs_build(mod, make, tokens: int) -> None:
+@pytest.mark.parametrize("model_type", sorted(REAL_TOKENS))
+def test_real_size_configs_build(model_type: str) -> None:
     """The benchmark's real-size configs are valid (built on the meta device: no memory, no weights)."""
-    config = make(mod.tiny_tokenizer())
+    import transformers
+
+    spec = family(model_type)
+    config = spec.real_config(spec.tiny_tokenizer())
     with torch.device("meta"):
-        model = mod.random_model(config, 0)
+        model = getattr(transformers, spec.model_class)(config)
     params = sum(p.numel() for p in model.parameters())
     assert params > 1e8
     vc = config.vision_config
-    if mod in (qwen2_5_vl, qwen3_vl):
+    tokens = REAL_TOKENS[model_type]
+    if model_type.startswith("qwen"):
         unit = vc.patch_size * vc.spatial_merge_size
         assert (448 // unit) ** 2 == tokens
-    elif mod is smolvlm:
+    elif model_type == "smolvlm":
         assert (vc.image_size // vc.patch_size) ** 2 // config.scale_factor**2 == tokens
     else:
-        adapter = (
-            llava_next_video.LlavaNextVideoAdapter if mod is llava_next_video else llava_onevision.LlavaOneVisionAdapter
-        )
+        adapter = spec.adapter
+        assert isinstance(adapter, type) and issubclass(adapter, LlavaOneVisionAdapter)
         assert adapter.frame_tokens(config) == tokens
 
 

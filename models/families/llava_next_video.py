@@ -9,39 +9,26 @@ supplies the Vicuna conversation format and the pooling arithmetic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import LlavaNextVideoConfig, PreTrainedTokenizerBase
 
 from memory.segment import Segment
-from models.adapter import Turn
 from models.context import Piece
-from models.llava_onevision import LlavaOneVisionAdapter
-from models.tokenizer import byte_tokenizer
+from models.families.llava_onevision import LlavaOneVisionAdapter
+from models.prompts import VICUNA, ChatFormat
+from models.registry import FamilySpec, Tokens
 
 BOS, EOS, UNK, IMAGE, VIDEO = "<s>", "</s>", "<unk>", "<image>", "<video>"
-HEAD = (
-    f"{BOS}USER: You are watching a live video stream. These are its latest moments, oldest first, each "
-    "marked with its time (H:MM:SS from the start of the stream).\n"
-)
-#: LLaVA-NeXT-Video's chat template (Vicuna style, media first in each user message).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}{{ 'USER: ' }}{% else %}{{ 'ASSISTANT: ' }}"
-    "{% endif %}{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% elif c['type'] == 'video' %}"
-    "{{ '<video>\n' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ ' ' }}{% else %}{{ '</s>' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
+CHAT = VICUNA
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 class LlavaNextVideoAdapter(LlavaOneVisionAdapter):
     """LLaVA-NeXT-Video behind :class:`models.adapter.ModelAdapter`."""
 
-    end_of_turn = EOS
+    chat: ChatFormat = CHAT
 
     def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, model_id: str, **kwargs: Any) -> None:
         kwargs.setdefault("mean", CLIP_MEAN)
@@ -62,25 +49,12 @@ class LlavaNextVideoAdapter(LlavaOneVisionAdapter):
         )
         return out.pooler_output
 
-    def head_text(self) -> str:
-        return HEAD
-
     def segment_pieces(self, segment: Segment) -> list[Piece]:
         return [self.label(segment), segment.tokens, "\n"]
 
-    def suffix_text(self, turns: Sequence[Turn], question: str) -> str:
-        text = ""
-        for turn in turns:
-            text += f"{turn.question} ASSISTANT: {turn.answer}{EOS}USER: "
-        return text + f"{question} ASSISTANT:"
-
 
 # --- built-in configurations -----------------------------------------------------------------------
-SPECIAL_TOKENS = (BOS, EOS, UNK, IMAGE, VIDEO)
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerBase:
-    return byte_tokenizer(SPECIAL_TOKENS, eos=EOS, pad=UNK, chat_template=CHAT_TEMPLATE)
+TOKENS = Tokens((BOS, EOS, UNK, IMAGE, VIDEO), eos=EOS, pad=UNK)
 
 
 def _config(tokenizer: PreTrainedTokenizerBase, vision: dict[str, Any], text: dict[str, Any]) -> LlavaNextVideoConfig:
@@ -154,6 +128,16 @@ def llava_next_video_7b_config(tokenizer: PreTrainedTokenizerBase) -> LlavaNextV
     )
 
 
-def random_model(config: LlavaNextVideoConfig, seed: int) -> LlavaNextVideoForConditionalGeneration:
-    torch.manual_seed(seed)
-    return LlavaNextVideoForConditionalGeneration(config)
+FAMILY = FamilySpec(
+    model_type="llava_next_video",
+    model_class="LlavaNextVideoForConditionalGeneration",
+    adapter=LlavaNextVideoAdapter,
+    chat=CHAT,
+    tokens=TOKENS,
+    tiny_config=tiny_config,
+    real_config=llava_next_video_7b_config,
+    real_name="LLaVA-NeXT-Video-7B",
+    default_budget=4096,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
+)

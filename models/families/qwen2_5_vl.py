@@ -16,32 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig
 
 from memory.segment import Segment
 from models.adapter import Encoded, Turn
 from models.context import EmbeddingContext, Piece, Visual
 from models.mrope import grid_offsets, patchify, place, segment_offsets, text_positions
-from models.smolvlm import clock
-from models.tokenizer import byte_tokenizer
+from models.prompts import CHATML_QWEN, ENDOFTEXT, IM_END, IM_START, span_label
+from models.registry import FamilySpec, Tokens
 
 START, END, IMAGE, VIDEO = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"
-IM_START, IM_END, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-SPECIAL_TOKENS = (IM_START, IM_END, EOT, START, END, IMAGE, VIDEO)
-HEAD = (
-    f"{IM_START}system\nYou are a helpful assistant.{IM_END}\n{IM_START}user\n"
-    "You are watching a live video stream. These are its latest moments, oldest first, each marked with "
-    "its time (H:MM:SS from the start of the stream).\n"
-)
-#: Qwen2-VL's chat template, without tools and with one image or video per content item.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}"
-    "{{ message['content'] }}{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}"
-    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}{% elif c['type'] == 'video' %}"
-    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+CHAT = CHATML_QWEN
 #: Qwen's processors normalise with OpenAI CLIP's statistics.
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -61,7 +46,7 @@ class QwenVLAdapter(EmbeddingContext):
         std: Sequence[float] = CLIP_STD,
         encode_batch: int | None = None,
     ) -> None:
-        self.bind(model, tokenizer, model_id, default_budget, mean, std, end_of_turn=IM_END)
+        self.bind(model, tokenizer, model_id, default_budget, mean, std, end_of_turn=CHAT.end_of_turn)
         vc = model.config.vision_config
         self._patch, self._merge, self._temporal = (
             int(vc.patch_size),
@@ -112,12 +97,10 @@ class QwenVLAdapter(EmbeddingContext):
 
     # --- prompt layout -------------------------------------------------------------------------
     def head_text(self) -> str:
-        return HEAD
+        return CHAT.head()
 
     def label(self, segment: Segment) -> str:
-        if segment.frames == 1:
-            return f"Frame at {clock(segment.start)}: "
-        return f"{segment.frames} frames from {clock(segment.start)} to {clock(segment.end)}: "
+        return span_label(segment) + ": "
 
     def visual(self, segment: Segment) -> Visual:
         return Visual(segment.tokens, {"mrope": segment_offsets(segment)})
@@ -126,10 +109,7 @@ class QwenVLAdapter(EmbeddingContext):
         return [self.label(segment) + START, self.visual(segment), END + "\n"]
 
     def suffix_text(self, turns: Sequence[Turn], question: str) -> str:
-        text = ""
-        for turn in turns:
-            text += f"{turn.question}{IM_END}\n{IM_START}assistant\n{turn.answer}{IM_END}\n{IM_START}user\n"
-        return text + f"{question}{IM_END}\n{IM_START}assistant\n"
+        return CHAT.suffix(turns, question)
 
     # --- positions -----------------------------------------------------------------------------
     def positions(self, start: int, length: int) -> torch.Tensor:
@@ -138,12 +118,9 @@ class QwenVLAdapter(EmbeddingContext):
     def visual_positions(self, visual: Visual, start: int) -> tuple[torch.Tensor, int]:
         return place(visual.extras["mrope"].to(self.device), start)
 
-    # --- language model ------------------------------------------------------------------------
-
 
 # --- built-in configurations -----------------------------------------------------------------------
-def tiny_tokenizer() -> PreTrainedTokenizerBase:
-    return byte_tokenizer(SPECIAL_TOKENS, eos=IM_END, pad=EOT, chat_template=CHAT_TEMPLATE)
+TOKENS = Tokens((IM_START, IM_END, ENDOFTEXT, START, END, IMAGE, VIDEO), eos=IM_END, pad=ENDOFTEXT)
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
@@ -160,7 +137,7 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
 def text_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return {
         "vocab_size": len(tokenizer),
-        "bos_token_id": tokenizer.convert_tokens_to_ids(EOT),
+        "bos_token_id": tokenizer.convert_tokens_to_ids(ENDOFTEXT),
         "eos_token_id": tokenizer.convert_tokens_to_ids(IM_END),
         "pad_token_id": tokenizer.pad_token_id,
     }
@@ -228,6 +205,17 @@ def qwen2_5_vl_3b_config(tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig
     )
 
 
-def random_model(config: Qwen2_5_VLConfig, seed: int) -> Qwen2_5_VLForConditionalGeneration:
-    torch.manual_seed(seed)
-    return Qwen2_5_VLForConditionalGeneration(config)
+FAMILY = FamilySpec(
+    model_type="qwen2_5_vl",
+    model_class="Qwen2_5_VLForConditionalGeneration",
+    adapter=QwenVLAdapter,
+    chat=CHAT,
+    tokens=TOKENS,
+    tiny_config=tiny_config,
+    real_config=qwen2_5_vl_3b_config,
+    real_name="Qwen2.5-VL-3B",
+    default_budget=8192,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
+    tiny_options={"size": 64},
+)

@@ -18,26 +18,12 @@ from memory.segment import Segment
 from models.adapter import Encoded, Turn
 from models.context import EmbeddingContext, Piece
 from models.preprocess import to_pixel_values
-from models.tokenizer import byte_tokenizer
+from models.prompts import END_OF_UTTERANCE, ENDOFTEXT, IM_END, IM_START, SMOLVLM, span_label
+from models.registry import FamilySpec, Tokens
 
-FAKE, GLOBAL, IMAGE, EOU = "<fake_token_around_image>", "<global-img>", "<image>", "<end_of_utterance>"
-HEAD = (
-    "<|im_start|>User: You are watching a live video stream. These are its latest moments, oldest first, "
-    "each marked with its time (H:MM:SS from the start of the stream).\n"
-)
-#: SmolVLM2's chat template (as in its processor), for the tiny tokenizer.
-CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type']"
-    " == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] =="
-    " 'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
-    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
+FAKE, GLOBAL, IMAGE = "<fake_token_around_image>", "<global-img>", "<image>"
 ENCODE_BATCH = 8  # frames per vision forward; bounds peak memory on a CPU
-
-
-def clock(t: float) -> str:
-    s = max(0, round(t))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+CHAT = SMOLVLM
 
 
 class SmolVLMAdapter(EmbeddingContext):
@@ -53,7 +39,7 @@ class SmolVLMAdapter(EmbeddingContext):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
-        self.bind(model, tokenizer, model_id, default_budget, mean, std, end_of_turn=EOU)
+        self.bind(model, tokenizer, model_id, default_budget, mean, std, end_of_turn=CHAT.end_of_turn)
         vc = model.config.vision_config
         self._size = int(vc.image_size)
         self._patches = self._size // int(vc.patch_size)
@@ -76,20 +62,15 @@ class SmolVLMAdapter(EmbeddingContext):
 
     # --- prompt layout -------------------------------------------------------------------------
     def head_text(self) -> str:
-        return HEAD
+        return CHAT.head()
 
     def segment_pieces(self, segment: Segment) -> list[Piece]:
-        if segment.frames == 1:
-            label = f"\nFrame from {clock(segment.start)}:"
-        else:
-            label = f"\n{segment.frames} frames from {clock(segment.start)} to {clock(segment.end)}:"
-        return [label + FAKE + GLOBAL, segment.tokens, FAKE]
+        # SmolVLM2's own video prompt says "Frame from MM:SS:" before each frame's image tokens.
+        label = span_label(segment, one="Frame from {start}")
+        return ["\n" + label + ":" + FAKE + GLOBAL, segment.tokens, FAKE]
 
     def suffix_text(self, turns: Sequence[Turn], question: str) -> str:
-        text = "\n\n"
-        for turn in turns:
-            text += f"{turn.question}{EOU}\nAssistant: {turn.answer}{EOU}\nUser: "
-        return text + f"{question}{EOU}\nAssistant:"
+        return CHAT.suffix(turns, question)
 
     # --- language model ------------------------------------------------------------------------
     def language_model(self) -> tuple[Any, Any]:
@@ -98,11 +79,7 @@ class SmolVLMAdapter(EmbeddingContext):
 
 
 # --- built-in configurations -----------------------------------------------------------------------
-SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", EOU, FAKE, GLOBAL, IMAGE, "<|endoftext|>")
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerBase:
-    return byte_tokenizer(SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>", chat_template=CHAT_TEMPLATE)
+TOKENS = Tokens((IM_START, IM_END, END_OF_UTTERANCE, FAKE, GLOBAL, IMAGE, ENDOFTEXT), eos=IM_END, pad=ENDOFTEXT)
 
 
 def tiny_config(tokenizer: PreTrainedTokenizerBase) -> SmolVLMConfig:
@@ -165,7 +142,7 @@ def _config(
         "tie_word_embeddings": False,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
-        "bos_token_id": tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        "bos_token_id": tokenizer.convert_tokens_to_ids(IM_START),
         **text,
     }
     return SmolVLMConfig(
@@ -177,6 +154,16 @@ def _config(
     )
 
 
-def random_model(config: SmolVLMConfig, seed: int) -> SmolVLMForConditionalGeneration:
-    torch.manual_seed(seed)
-    return SmolVLMForConditionalGeneration(config)
+FAMILY = FamilySpec(
+    model_type="smolvlm",
+    model_class="SmolVLMForConditionalGeneration",
+    adapter=SmolVLMAdapter,
+    chat=CHAT,
+    tokens=TOKENS,
+    tiny_config=tiny_config,
+    real_config=smolvlm2_256m_config,
+    real_name="SmolVLM2-256M",
+    default_budget=4096,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+)

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from transformers import (
     LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
     PreTrainedTokenizerBase,
 )
 
@@ -27,32 +26,18 @@ from memory.segment import Segment
 from models.adapter import Encoded, Turn
 from models.context import EmbeddingContext, Piece
 from models.preprocess import to_pixel_values
-from models.smolvlm import clock
-from models.tokenizer import byte_tokenizer
+from models.prompts import CHATML_LLAVA, ENDOFTEXT, IM_END, IM_START, ChatFormat, span_label
+from models.registry import FamilySpec, Tokens
 
 IMAGE, VIDEO = "<image>", "<video>"
-IM_START, IM_END, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-HEAD = (
-    f"{IM_START}system\nYou are a helpful assistant.{IM_END}\n{IM_START}user\n"
-    "You are watching a live video stream. These are its latest moments, oldest first, each marked with "
-    "its time (H:MM:SS from the start of the stream).\n"
-)
-#: LLaVA-OneVision's chat template (Qwen2 style, media first in each message).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}"
-    "{{ message['content'] }}{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}"
-    "{{ '<image>\n' }}{% elif c['type'] == 'video' %}{{ '<video>\n' }}{% elif c['type'] == 'text' %}"
-    "{{ c['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+CHAT = CHATML_LLAVA
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
 class LlavaOneVisionAdapter(EmbeddingContext):
     """LLaVA-OneVision behind :class:`models.adapter.ModelAdapter`; LLaVA-NeXT-Video subclasses it."""
 
-    #: Token that ends an answer, besides the tokenizer's eos.
-    end_of_turn = IM_END
+    chat: ChatFormat = CHAT
 
     def __init__(
         self,
@@ -65,7 +50,7 @@ class LlavaOneVisionAdapter(EmbeddingContext):
         std: Sequence[float] = SIGLIP_STD,
         encode_batch: int | None = None,
     ) -> None:
-        self.bind(model, tokenizer, model_id, default_budget, mean, std, end_of_turn=self.end_of_turn)
+        self.bind(model, tokenizer, model_id, default_budget, mean, std, end_of_turn=self.chat.end_of_turn)
         self._size = int(model.config.vision_config.image_size)
         self.encode_batch = encode_batch or (8 if self.device.type == "cpu" else 64)
         self.tokens_per_frame = self.frame_tokens(model.config)
@@ -100,32 +85,21 @@ class LlavaOneVisionAdapter(EmbeddingContext):
 
     # --- prompt layout -------------------------------------------------------------------------
     def head_text(self) -> str:
-        return HEAD
+        return self.chat.head()
 
     def label(self, segment: Segment) -> str:
-        if segment.frames == 1:
-            return f"Frame at {clock(segment.start)}:"
-        return f"{segment.frames} frames from {clock(segment.start)} to {clock(segment.end)}:"
+        return span_label(segment) + ":"
 
     def segment_pieces(self, segment: Segment) -> list[Piece]:
         newline = self.model.model.image_newline[None]  # [1, D]
         return [self.label(segment), segment.tokens, newline, "\n"]
 
     def suffix_text(self, turns: Sequence[Turn], question: str) -> str:
-        text = ""
-        for turn in turns:
-            text += f"{turn.question}{IM_END}\n{IM_START}assistant\n{turn.answer}{IM_END}\n{IM_START}user\n"
-        return text + f"{question}{IM_END}\n{IM_START}assistant\n"
-
-    # --- language model ------------------------------------------------------------------------
+        return self.chat.suffix(turns, question)
 
 
 # --- built-in configurations -----------------------------------------------------------------------
-SPECIAL_TOKENS = (IM_START, IM_END, EOT, IMAGE, VIDEO)
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerBase:
-    return byte_tokenizer(SPECIAL_TOKENS, eos=IM_END, pad=EOT, chat_template=CHAT_TEMPLATE)
+TOKENS = Tokens((IM_START, IM_END, ENDOFTEXT, IMAGE, VIDEO), eos=IM_END, pad=ENDOFTEXT)
 
 
 def _config(tokenizer: PreTrainedTokenizerBase, vision: dict[str, Any], text: dict[str, Any]) -> LlavaOnevisionConfig:
@@ -134,7 +108,7 @@ def _config(tokenizer: PreTrainedTokenizerBase, vision: dict[str, Any], text: di
         vision_config={"model_type": "siglip_vision_model", **vision},
         text_config={
             "model_type": "qwen2",
-            "bos_token_id": ids(EOT),
+            "bos_token_id": ids(ENDOFTEXT),
             "eos_token_id": ids(IM_END),
             "pad_token_id": tokenizer.pad_token_id,
             "vocab_size": len(tokenizer),
@@ -198,6 +172,16 @@ def llava_onevision_0_5b_config(tokenizer: PreTrainedTokenizerBase) -> LlavaOnev
     )
 
 
-def random_model(config: LlavaOnevisionConfig, seed: int) -> LlavaOnevisionForConditionalGeneration:
-    torch.manual_seed(seed)
-    return LlavaOnevisionForConditionalGeneration(config)
+FAMILY = FamilySpec(
+    model_type="llava_onevision",
+    model_class="LlavaOnevisionForConditionalGeneration",
+    adapter=LlavaOneVisionAdapter,
+    chat=CHAT,
+    tokens=TOKENS,
+    tiny_config=tiny_config,
+    real_config=llava_onevision_0_5b_config,
+    real_name="LLaVA-OneVision-0.5B",
+    default_budget=8192,
+    mean=SIGLIP_MEAN,
+    std=SIGLIP_STD,
+)

@@ -1,0 +1,321 @@
+"""The engine: streams, their memories, and the one inference worker that serves them all.
+
+Data flow (see docs/design.md): each source's frames go to its stream's pending slot (newest wins, drops
+counted); the worker takes the pending frames of all streams as one batch, and the inference thread
+encodes them, adds them to each stream's memory and extends that stream's cached prefix; questions wait
+in one bounded FIFO and are answered on the cached prefix, their events delivered as they come.
+
+Ownership is split by thread. The event loop owns the :class:`~engine.streams.LiveStream` objects
+(sources, pending slots, states, subscriptions) and the question queue; the inference thread owns
+:class:`~engine.inference.Inference` (the model, memories, prefixes). They meet only through the
+single-worker executor: the loop submits work, the thread returns frozen results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from engine.events import (
+    Answered,
+    Cancelled,
+    Failed,
+    Reply,
+    StatusListener,
+    StreamInfo,
+    StreamStatus,
+    Timing,
+    Token,
+)
+from engine.inference import GuidedMode, Inference
+from engine.sessions import SessionStore
+from engine.streams import LiveStream
+from engine.subscriptions import Subscriptions
+from errors import BadRequest, Busy, ConfigError, Conflict, Internal, LivesightError, UnknownStream
+from memory import HiCoSettings
+from models.adapter import ModelAdapter, SupportsGuided, Turn
+from stream.frame import Frame
+from stream.source import Source
+from stream.spec import SourceSpec
+
+log = logging.getLogger("livesight.engine")
+
+#: Builds a new, unstarted source for a spec at a sampling rate (frames per second of stream time).
+SourceFactory = Callable[[SourceSpec, float], Source]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    fps: float = 1.0
+    budget: int | None = None  # in-context visual tokens per stream; None: the model's default
+    max_queue: int = 16  # questions waiting, all clients together
+    max_streams: int = 16
+
+
+@dataclass(eq=False)
+class Question:
+    """One ``ask``: answered in arrival order, its events delivered to ``reply`` (on the event loop)."""
+
+    id: str
+    stream: str
+    text: str
+    max_new_tokens: int
+    session: str | None
+    reply: Reply
+    received: float  # clock time the request arrived
+    cancel: threading.Event = field(default_factory=threading.Event)
+    #: answer with a fresh prefill that drops visual tokens inside the model (models/guided.py);
+    #: None: on the cached prefix
+    guided: GuidedMode | None = None
+
+
+class Engine:
+    """Owns the streams, the question queue and the inference worker; ``close()`` stops all of them."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        settings: EngineSettings,
+        make_source: SourceFactory,
+        *,
+        clock: Callable[[], float] = time.time,
+        sessions: SessionStore | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.settings = settings
+        self.budget = settings.budget or adapter.default_budget
+        try:
+            memory_settings = HiCoSettings.fit(self.budget, adapter.tokens_per_frame)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (model {adapter.model_id}; raise --budget)") from None
+        self.memory_settings = memory_settings
+        self._make_source = make_source
+        self._clock = clock
+        self.sessions = sessions or SessionStore()
+        self.subscriptions = Subscriptions()
+        self._streams: dict[str, LiveStream] = {}
+        self._keys = itertools.count()
+        self._questions: deque[Question] = deque()
+        self._wake = asyncio.Event()
+        # The inference thread: the only one that touches the model, the memories and the prefixes.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._inference = Inference(adapter, memory_settings)
+        self._worker: asyncio.Task[None] | None = None
+        self._current: Question | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self, specs: Sequence[SourceSpec]) -> None:
+        self._worker = asyncio.create_task(self._work(), name="inference-worker")
+        for spec in specs:
+            self.add_stream(spec)
+
+    async def close(self) -> None:
+        for name in list(self._streams):
+            await self.remove_stream(name)
+        for q in self._questions:
+            q.cancel.set()
+        self._questions.clear()
+        if self._current is not None:
+            self._current.cancel.set()
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+    def add_stream(self, spec: SourceSpec) -> None:
+        """Start reading ``spec``. Raises :class:`Conflict` for a name in use, :class:`Busy` when the
+        stream cap is reached."""
+        self._check_new(spec.name)
+        fps = spec.fps or self.settings.fps
+        self._attach(spec, self._make_source(spec, fps), fps)
+
+    def add_source(self, spec: SourceSpec, source: Source) -> None:
+        """Add a stream whose source was built elsewhere (a WebRTC publisher); the engine owns it from
+        now on and closes it when the stream is removed. Raises like :meth:`add_stream`."""
+        self._check_new(spec.name)
+        self._attach(spec, source, spec.fps or self.settings.fps)
+
+    def _check_new(self, name: str) -> None:
+        if name in self._streams:
+            raise Conflict(f"a stream named {name!r} already exists")
+        if len(self._streams) >= self.settings.max_streams:
+            raise Busy(f"at most {self.settings.max_streams} streams")
+
+    def _attach(self, spec: SourceSpec, source: Source, fps: float) -> None:
+        stream = LiveStream(next(self._keys), spec, source, fps)
+        self._streams[spec.name] = stream
+        loop = asyncio.get_running_loop()
+        # Sources change state in their own threads; hop to the loop before telling subscribers.
+        source.stats.watch(lambda _state: _call_soon(loop, self._state_changed, stream))
+        stream.task = asyncio.create_task(self._feed(stream), name=f"stream:{spec.name}")
+        log.info("stream %s: %s", spec.name, spec.display_url)
+        self._state_changed(stream)
+
+    async def _feed(self, stream: LiveStream) -> None:
+        try:
+            await stream.feed(self._wake)
+        finally:
+            self._state_changed(stream)
+
+    async def remove_stream(self, name: str) -> None:
+        stream = self._streams.pop(name, None)
+        if stream is None:
+            raise UnknownStream(f"no stream named {name!r}")
+        stream.source.stats.watch(None)
+        self.subscriptions.publish(StreamStatus(name, None))
+        if stream.task is not None:
+            stream.task.cancel()
+            await asyncio.gather(stream.task, return_exceptions=True)
+        await stream.source.close()
+        # Its memory lives on the inference thread: freed there, after whatever runs now.
+        self._executor.submit(self._inference.drop, stream.key)
+
+    # --- questions -----------------------------------------------------------------------------
+    def submit(self, q: Question) -> None:
+        """Queue a question; raises :class:`UnknownStream`, :class:`BadRequest` (guided answers on a model
+        without them) or :class:`Busy` (retry later)."""
+        if q.stream not in self._streams:
+            raise UnknownStream(f"no stream named {q.stream!r}; streams: {', '.join(self._streams) or 'none'}")
+        if q.guided is not None and not isinstance(self.adapter, SupportsGuided):
+            raise BadRequest(f"{self.adapter.model_id} does not support guided answers")
+        if len(self._questions) >= self.settings.max_queue:
+            raise Busy(f"{len(self._questions)} questions are waiting; ask again in a moment")
+        self._questions.append(q)
+        self._wake.set()
+
+    def cancel(self, q: Question) -> None:
+        """Stop ``q``: dropped from the queue at once, or stopped within one token if it is running.
+        The question's owner receives :class:`Cancelled` either way."""
+        q.cancel.set()
+        if q in self._questions:
+            self._questions.remove(q)
+            q.reply(Cancelled(q.id))
+
+    async def _answer(self, q: Question) -> None:
+        loop = asyncio.get_running_loop()
+        stream = self._streams.get(q.stream)
+        if stream is None:
+            q.reply(Failed(q.id, UnknownStream(f"stream {q.stream!r} was removed")))
+            return
+        started = self._clock()
+        turns: tuple[Turn, ...] = self.sessions.turns(q.stream, q.session)
+        first: list[float] = []
+
+        def on_piece(piece: str) -> None:  # inference thread
+            if not first:
+                first.append(self._clock())
+            loop.call_soon_threadsafe(q.reply, Token(q.id, piece))
+
+        run = functools.partial(
+            self._inference.answer, stream.key, q.text, turns, q.max_new_tokens, q.cancel, on_piece, guided=q.guided
+        )
+        self._current = q
+        try:
+            text, context = await loop.run_in_executor(self._executor, run)
+        except LivesightError as exc:
+            q.reply(Failed(q.id, exc))
+            return
+        except Exception:
+            log.exception("question %s on stream %s failed", q.id, q.stream)
+            q.reply(Failed(q.id, Internal("answering failed; see the server log")))
+            return
+        finally:
+            self._current = None
+        if q.cancel.is_set():
+            q.reply(Cancelled(q.id))
+            return
+        done = self._clock()
+        self.sessions.record(q.stream, q.session, Turn(q.text, text))
+        timing = Timing(
+            queue_ms=round((started - q.received) * 1000, 1),
+            ttft_ms=round(((first[0] if first else done) - q.received) * 1000, 1),
+            total_ms=round((done - q.received) * 1000, 1),
+        )
+        q.reply(Answered(q.id, text, context, timing))
+
+    # --- the worker ----------------------------------------------------------------------------
+    async def _work(self) -> None:
+        """Alternate between answering and ingesting when both wait, so neither starves the other."""
+        prefer_question = True
+        while True:
+            self._wake.clear()
+            has_frames = any(s.pending is not None for s in self._streams.values())
+            if not self._questions and not has_frames:
+                await self._wake.wait()
+                continue
+            if self._questions and (prefer_question or not has_frames):
+                q = self._questions.popleft()
+                try:
+                    await self._answer(q)
+                except Exception:  # the worker must outlive any one question
+                    log.exception("question %s failed outside the model", q.id)
+            else:
+                try:
+                    await self._ingest()
+                except Exception:  # the worker must outlive any one batch; the frames are lost
+                    log.exception("ingesting a batch failed")
+            prefer_question = not prefer_question
+
+    async def _ingest(self) -> None:
+        batch: list[tuple[LiveStream, Frame]] = []
+        for stream in self._streams.values():
+            frame = stream.take()
+            if frame is not None:
+                batch.append((stream, frame))
+        keyed = [(stream.key, frame) for stream, frame in batch]
+        snapshots = await asyncio.get_running_loop().run_in_executor(self._executor, self._inference.ingest, keyed)
+        for stream, _ in batch:
+            stream.memory = snapshots.get(stream.key, stream.memory)
+
+    # --- status --------------------------------------------------------------------------------
+    def stream_names(self) -> list[str]:
+        return list(self._streams)
+
+    def source(self, name: str) -> Source | None:
+        stream = self._streams.get(name)
+        return None if stream is None else stream.source
+
+    def streams_info(self) -> list[StreamInfo]:
+        now = self._clock()
+        return [stream.info(now) for stream in self._streams.values()]
+
+    def stream_info(self, name: str) -> StreamInfo:
+        stream = self._streams.get(name)
+        if stream is None:
+            raise UnknownStream(f"no stream named {name!r}; streams: {', '.join(self._streams) or 'none'}")
+        return stream.info(self._clock())
+
+    # --- status pushes -------------------------------------------------------------------------
+    def subscribe(self, name: str, listener: StatusListener) -> None:
+        """Send a :class:`StreamStatus` to ``listener`` now and on every state change of stream ``name``."""
+        info = self.stream_info(name)
+        self.subscriptions.add(name, listener)
+        listener(StreamStatus(name, info))
+
+    def unsubscribe(self, name: str, listener: StatusListener) -> None:
+        self.subscriptions.remove(name, listener)
+
+    def _state_changed(self, stream: LiveStream) -> None:
+        """Tell subscribers if the stream's state differs from what they were last told (event loop)."""
+        if self._streams.get(stream.name) is not stream or stream.state.value == stream.published:
+            return
+        stream.published = stream.state.value
+        log.debug("stream %s: %s", stream.name, stream.published)
+        self.subscriptions.publish(StreamStatus(stream.name, stream.info(self._clock())))
+
+    @property
+    def queued(self) -> int:
+        return len(self._questions)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[LiveStream], None], stream: LiveStream) -> None:
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(fn, stream)

@@ -1,0 +1,117 @@
+"""What the engine tells the outside world: typed, immutable events.
+
+The engine never shapes wire messages. It calls a question's ``reply`` with :data:`QuestionEvent` values
+and a stream's subscribers with :class:`StreamStatus`; ``web/protocol.py`` alone turns them into JSON.
+Every event is frozen, so it can cross from the inference thread to the event loop and be fanned out to
+many clients without copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from errors import LivesightError
+
+
+@dataclass(frozen=True, slots=True)
+class TierInfo:
+    """One memory tier: tier 0 is the recent native frames, 1 the clips, 2.. older re-merged tiers."""
+
+    tier: int
+    tokens_per_frame: int
+    tokens: int
+    frames: int
+    span: tuple[float, float] | None  # stream seconds it covers
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """A stream as ``streams`` and ``status`` report it."""
+
+    name: str
+    source: str  # the URL without credentials
+    state: str  # starting, live, reconnecting, offline, ended
+    fps: float
+    frames: int  # frames that reached memory
+    dropped: int  # sampled frames lost before the model took them (replaced by newer ones, or failed)
+    reconnects: int
+    memory_tokens: int
+    memory_frames: int
+    memory_span: tuple[float, float] | None
+    memory_tiers: tuple[TierInfo, ...]
+    long_term: int
+    last_frame_age_s: float | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """A stream changed state (``info``), or was removed (``info`` is None)."""
+
+    stream: str
+    info: StreamInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerContext:
+    """The visual context a question was answered on (stream seconds, frames and tokens)."""
+
+    start: float | None
+    end: float | None
+    frames: int
+    tokens: int  # tokens of the cached context: visual tokens and their text headers
+    visual_tokens: int
+    guided: str | None  # "uniform" / "attention" when answered with question-guided dropping
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Milliseconds from when the server received the question."""
+
+    queue_ms: float
+    ttft_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A piece of a question's answer, as soon as it is generated."""
+
+    question: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A question's whole answer; the last event of that question."""
+
+    question: str
+    text: str
+    context: AnswerContext
+    timing: Timing
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The question was cancelled before its answer was complete; the last event of that question."""
+
+    question: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The question could not be answered; the last event of that question."""
+
+    question: str
+    error: LivesightError
+
+
+QuestionEvent = Token | Answered | Cancelled | Failed
+#: The events that end a question: after one of them, its id is free again.
+FINAL = (Answered, Cancelled, Failed)
+
+#: Receives a question's events on the event loop; must not block.
+Reply = Callable[[QuestionEvent], None]
+#: Receives a stream's status events on the event loop; must not block.
+StatusListener = Callable[[StreamStatus], None]
