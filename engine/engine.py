@@ -3,7 +3,8 @@
 Data flow (see docs/design.md): each source's frames go to its stream's pending slot (newest wins, drops
 counted); the worker takes the pending frames of all streams as one batch, and the inference thread
 encodes them, adds them to each stream's memory and extends that stream's cached prefix; questions wait
-in one bounded FIFO and are answered on the cached prefix, their events delivered as they come.
+in one bounded queue, served round robin across the connections that asked them
+(:mod:`engine.questions`), and are answered on the cached prefix, their events delivered as they come.
 
 Ownership is split by thread. The event loop owns the :class:`~engine.streams.LiveStream` objects
 (sources, pending slots, states, subscriptions) and the question queue; the inference thread owns
@@ -19,11 +20,11 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from engine.budget import fit_budget
 from engine.events import (
     Answered,
     Cancelled,
@@ -36,11 +37,20 @@ from engine.events import (
     Token,
 )
 from engine.inference import GuidedMode, Inference
+from engine.questions import FairQueue
 from engine.sessions import SessionStore
 from engine.streams import LiveStream
 from engine.subscriptions import Subscriptions
-from errors import BadRequest, Busy, ConfigError, Conflict, Internal, LivesightError, UnknownStream
-from memory import HiCoSettings
+from errors import (
+    BadRequest,
+    Busy,
+    Conflict,
+    Internal,
+    LivesightError,
+    NoVideo,
+    ShuttingDown,
+    UnknownStream,
+)
 from models.adapter import ModelAdapter, SupportsGuided, Turn
 from stream.frame import Frame
 from stream.source import Source
@@ -58,6 +68,9 @@ class EngineSettings:
     budget: int | None = None  # in-context visual tokens per stream; None: the model's default
     max_queue: int = 16  # questions waiting, all clients together
     max_streams: int = 16
+    #: seconds a stream that ended for good (a publisher that left, a file that finished, a source that
+    #: failed) stays listed before it is removed; None keeps it until someone removes it
+    ended_ttl_s: float | None = 300.0
 
 
 @dataclass(eq=False)
@@ -75,6 +88,8 @@ class Question:
     #: answer with a fresh prefill that drops visual tokens inside the model (models/guided.py);
     #: None: on the cached prefix
     guided: GuidedMode | None = None
+    #: who asked (a connection): questions are served round robin across owners
+    owner: Hashable = None
 
 
 class Engine:
@@ -91,11 +106,8 @@ class Engine:
     ) -> None:
         self.adapter = adapter
         self.settings = settings
-        self.budget = settings.budget or adapter.default_budget
-        try:
-            memory_settings = HiCoSettings.fit(self.budget, adapter.tokens_per_frame)
-        except ValueError as exc:
-            raise ConfigError(f"{exc} (model {adapter.model_id}; raise --budget)") from None
+        memory_settings = fit_budget(adapter, settings.budget)
+        self.budget = memory_settings.budget
         self.memory_settings = memory_settings
         self._make_source = make_source
         self._clock = clock
@@ -103,13 +115,16 @@ class Engine:
         self.subscriptions = Subscriptions()
         self._streams: dict[str, LiveStream] = {}
         self._keys = itertools.count()
-        self._questions: deque[Question] = deque()
+        self._questions: FairQueue[Question] = FairQueue(settings.max_queue)
         self._wake = asyncio.Event()
+        self._closing = False
         # The inference thread: the only one that touches the model, the memories and the prefixes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._inference = Inference(adapter, memory_settings)
         self._worker: asyncio.Task[None] | None = None
         self._current: Question | None = None
+        self._answered = asyncio.Event()  # set whenever no question is being answered
+        self._answered.set()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self, specs: Sequence[SourceSpec]) -> None:
@@ -117,14 +132,23 @@ class Engine:
         for spec in specs:
             self.add_stream(spec)
 
+    async def shutdown(self) -> None:
+        """Stop taking questions and tell every asker why: waiting questions and the one being answered
+        end with :class:`ShuttingDown` (retryable) before anything closes. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        for q in self._questions.clear():
+            q.cancel.set()
+            q.reply(Failed(q.id, ShuttingDown("the server is shutting down; ask again when it is back")))
+        if self._current is not None:
+            self._current.cancel.set()  # stops within one token; _answer then sends the ShuttingDown
+            await self._answered.wait()
+
     async def close(self) -> None:
+        await self.shutdown()
         for name in list(self._streams):
             await self.remove_stream(name)
-        for q in self._questions:
-            q.cancel.set()
-        self._questions.clear()
-        if self._current is not None:
-            self._current.cancel.set()
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
@@ -150,6 +174,8 @@ class Engine:
             raise Busy(f"at most {self.settings.max_streams} streams")
 
     def _attach(self, spec: SourceSpec, source: Source, fps: float) -> None:
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
         stream = LiveStream(next(self._keys), spec, source, fps)
         self._streams[spec.name] = stream
         loop = asyncio.get_running_loop()
@@ -164,6 +190,14 @@ class Engine:
             await stream.feed(self._wake)
         finally:
             self._state_changed(stream)
+        # The source has ended for good: keep the stream listed (its state and memory can still be asked
+        # about) for a while, then free it.
+        ttl = self.settings.ended_ttl_s
+        if ttl is not None:
+            await asyncio.sleep(ttl)
+            if self._streams.get(stream.name) is stream:
+                log.info("stream %s: removed %.0f s after it ended", stream.name, ttl)
+                await self.remove_stream(stream.name)
 
     async def remove_stream(self, name: str) -> None:
         stream = self._streams.pop(name, None)
@@ -171,32 +205,43 @@ class Engine:
             raise UnknownStream(f"no stream named {name!r}")
         stream.source.stats.watch(None)
         self.subscriptions.publish(StreamStatus(name, None))
-        if stream.task is not None:
-            stream.task.cancel()
-            await asyncio.gather(stream.task, return_exceptions=True)
+        task = stream.task
+        if task is not None and task is not asyncio.current_task():  # an expired stream removes itself
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await stream.source.close()
         # Its memory lives on the inference thread: freed there, after whatever runs now.
         self._executor.submit(self._inference.drop, stream.key)
 
     # --- questions -----------------------------------------------------------------------------
     def submit(self, q: Question) -> None:
-        """Queue a question; raises :class:`UnknownStream`, :class:`BadRequest` (guided answers on a model
-        without them) or :class:`Busy` (retry later)."""
-        if q.stream not in self._streams:
+        """Queue a question. Raises :class:`UnknownStream`, :class:`NoVideo` (the stream has no frame in
+        memory yet; retry), :class:`BadRequest` (guided answers on a model without them), :class:`Busy`
+        (the queue is full and this owner holds as many waiting questions as anyone; retry) or
+        :class:`ShuttingDown`. A question of an owner holding fewer may push out the heaviest owner's
+        newest one, which then ends with :class:`Busy` (see :mod:`engine.questions`)."""
+        if self._closing:
+            raise ShuttingDown("the server is shutting down; ask again when it is back")
+        stream = self._streams.get(q.stream)
+        if stream is None:
             raise UnknownStream(f"no stream named {q.stream!r}; streams: {', '.join(self._streams) or 'none'}")
+        if stream.memory is None or stream.memory.ingested == 0:
+            raise NoVideo(f"stream {q.stream!r} has no video in memory yet ({stream.state.value}); ask again soon")
         if q.guided is not None and not isinstance(self.adapter, SupportsGuided):
             raise BadRequest(f"{self.adapter.model_id} does not support guided answers")
-        if len(self._questions) >= self.settings.max_queue:
+        out = self._questions.push(q)
+        if out is q:
             raise Busy(f"{len(self._questions)} questions are waiting; ask again in a moment")
-        self._questions.append(q)
+        if out is not None:
+            out.cancel.set()
+            out.reply(Failed(out.id, Busy("the queue is full and your connection holds the most questions")))
         self._wake.set()
 
     def cancel(self, q: Question) -> None:
         """Stop ``q``: dropped from the queue at once, or stopped within one token if it is running.
         The question's owner receives :class:`Cancelled` either way."""
         q.cancel.set()
-        if q in self._questions:
-            self._questions.remove(q)
+        if self._questions.remove(q):
             q.reply(Cancelled(q.id))
 
     async def _answer(self, q: Question) -> None:
@@ -218,6 +263,7 @@ class Engine:
             self._inference.answer, stream.key, q.text, turns, q.max_new_tokens, q.cancel, on_piece, guided=q.guided
         )
         self._current = q
+        self._answered.clear()
         try:
             text, context = await loop.run_in_executor(self._executor, run)
         except LivesightError as exc:
@@ -229,8 +275,12 @@ class Engine:
             return
         finally:
             self._current = None
+            self._answered.set()
         if q.cancel.is_set():
-            q.reply(Cancelled(q.id))
+            if self._closing:
+                q.reply(Failed(q.id, ShuttingDown("the server is shutting down; ask again when it is back")))
+            else:
+                q.reply(Cancelled(q.id))
             return
         done = self._clock()
         self.sessions.record(q.stream, q.session, Turn(q.text, text))
@@ -252,7 +302,7 @@ class Engine:
                 await self._wake.wait()
                 continue
             if self._questions and (prefer_question or not has_frames):
-                q = self._questions.popleft()
+                q = self._questions.pop()
                 try:
                     await self._answer(q)
                 except Exception:  # the worker must outlive any one question

@@ -20,6 +20,7 @@ class Kind(enum.Enum):
     TOO_LARGE = "too_large"  # it exceeds a size limit
     BUSY = "busy"  # a bounded resource is full: the same request can succeed a moment later
     UNAUTHORIZED = "unauthorized"  # no or wrong credentials
+    FORBIDDEN = "forbidden"  # the credentials are good but do not allow this
     UNAVAILABLE = "unavailable"  # something it depends on (model files, a camera) cannot be reached
     INTERNAL = "internal"  # a bug or an unexpected failure; see the server log
 
@@ -52,6 +53,26 @@ class UnknownStream(LivesightError):
 
 class Unauthorized(LivesightError):
     kind = Kind.UNAUTHORIZED
+
+
+class Forbidden(LivesightError):
+    """An authenticated client asked for something its role does not allow (a viewer adding a stream)."""
+
+    kind = Kind.FORBIDDEN
+
+
+class NoVideo(LivesightError):
+    """A question about a stream that has no frame in memory yet: ask again once it is live."""
+
+    kind = Kind.UNAVAILABLE
+    default_retryable = True
+
+
+class ShuttingDown(LivesightError):
+    """The server is stopping; the same request can succeed against it (or another) once it is back."""
+
+    kind = Kind.UNAVAILABLE
+    default_retryable = True
 
 
 class TooLarge(LivesightError):

@@ -13,7 +13,7 @@ import secrets
 import sys
 from collections.abc import Mapping, Sequence
 
-from errors import LivesightError
+from errors import ConfigError, LivesightError
 from models.registry import DEFAULT_MODEL, builtin_names
 
 TOKEN_ENV = "LIVESIGHT_TOKEN"
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--config",
         metavar="FILE",
-        help="TOML file listing streams to start with ([[streams]] name, url, fps); adds to --source",
+        help="TOML file listing streams to start with ([[streams]] name, url, fps; adds to --source) and viewer "
+        "tokens limited to named streams ([[viewers]] name, token_file or token_env, streams)",
     )
     s.add_argument(
         "--model",
@@ -55,7 +56,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8765, help="port for HTTP and websockets (default 8765)")
     s.add_argument(
-        "--token", help=f"access token clients must send (default: ${TOKEN_ENV}, else generated and printed once)"
+        "--token-file",
+        metavar="FILE",
+        help=f"file whose first line is the admin token (default: ${TOKEN_ENV}, else generated and printed once)",
+    )
+    s.add_argument(
+        "--token",
+        help="the admin token itself (discouraged: every local user can read a command line; use --token-file or "
+        f"${TOKEN_ENV})",
+    )
+    s.add_argument(
+        "--server-name",
+        action="append",
+        metavar="NAME",
+        help="a name clients reach this server by (its Host header); IP addresses and localhost always work. "
+        "Repeatable",
+    )
+    s.add_argument("--max-streams", type=int, default=16, help="streams at once (default 16)")
+    s.add_argument(
+        "--ended-ttl",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a stream that ended (a publisher that left, a file that finished) stays listed (default 300)",
+    )
+    s.add_argument("--max-connections", type=int, default=256, help="websocket connections at once (default 256)")
+    s.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=16,
+        help="websocket connections at once from one client address (default 16)",
     )
     s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     s.add_argument(
@@ -109,14 +139,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # websockets logs every frame at debug level, the auth message and its token included.
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))
-    token = args.token or env.get(TOKEN_ENV)
-    if not token:
-        token = secrets.token_urlsafe(24)
-        print(
-            f"livesight: access token (generated; set --token or {TOKEN_ENV} to choose one): {token}",
-            file=sys.stderr,
-            flush=True,
-        )
+    token = _admin_token(args, env)
     values: dict[str, object] = {
         "model": args.model,
         "fps": args.fps,
@@ -127,18 +150,57 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "budget": args.budget,
         "load_4bit": args.load_4bit,
         "lossless": args.fast,
+        "server_names": args.server_name or [],
+        "max_streams": args.max_streams,
+        "ended_ttl_s": args.ended_ttl,
+        "max_connections": args.max_connections,
+        "max_connections_per_address": args.max_connections_per_address,
     }
     sources: list[object] = []
     if args.config:
-        from livesight.stream_file import load_streams_file
+        from livesight.config_file import load_config_file
 
-        sources.extend(load_streams_file(args.config))
+        file = load_config_file(args.config, env)
+        sources.extend(file.streams)
+        values["viewers"] = file.viewers
     sources.extend(args.source or [])
     if sources:
         values["sources"] = sources
     cfg = load_serve_config(values)
     asyncio.run(serve(cfg))
     return 0
+
+
+def _admin_token(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """The admin token: from --token-file, --token (with a warning), $LIVESIGHT_TOKEN, or generated."""
+    if args.token_file and args.token:
+        raise ConfigError("give --token-file or --token, not both")
+    if args.token_file:
+        from livesight.config_file import read_token
+
+        problems: list[str] = []
+        token = read_token(args.token_file, None, env, problems, "--token-file")
+        if token is None:
+            raise ConfigError("; ".join(problems))
+        return token
+    if args.token:
+        print(
+            f"livesight: warning: a token on the command line can be read by every local user (ps); "
+            f"use --token-file or {TOKEN_ENV}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return str(args.token)
+    token = env.get(TOKEN_ENV)
+    if token:
+        return token
+    token = secrets.token_urlsafe(24)
+    print(
+        f"livesight: admin token (generated; set --token-file or {TOKEN_ENV} to choose one): {token}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return token
 
 
 def _ask(args: argparse.Namespace, env: Mapping[str, str]) -> int:

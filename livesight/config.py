@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from errors import ConfigError
 from models.registry import DEFAULT_MODEL
 from stream.spec import SourceSpec, parse_source
+from web.auth import Viewer
 
 
 class ServeConfig(BaseModel):
@@ -24,7 +25,11 @@ class ServeConfig(BaseModel):
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8765, ge=0, le=65535)
     token: str = Field(
-        min_length=8, max_length=512, repr=False, description="the shared secret clients authenticate with"
+        min_length=8, max_length=512, repr=False, description="the admin token: every stream and every operation"
+    )
+    viewers: list[Viewer] = Field(default_factory=list, repr=False, description="tokens limited to named streams")
+    server_names: list[str] = Field(
+        default_factory=list, description="names clients reach this server by (Host headers); IPs and localhost always"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     load_4bit: bool = Field(False, description="4-bit weights through bitsandbytes (CUDA, the bnb extra)")
@@ -33,6 +38,10 @@ class ServeConfig(BaseModel):
         False, description="read files and the demo as fast as the model ingests, losing no frame (--fast)"
     )
     max_queue: int = Field(16, ge=1, le=1024, description="questions waiting, all clients together")
+    max_streams: int = Field(16, ge=1, le=4096, description="streams at once")
+    ended_ttl_s: float = Field(300.0, ge=0, le=7 * 86400, description="seconds an ended stream stays listed")
+    max_connections: int = Field(256, ge=1, le=100_000, description="websocket connections at once")
+    max_connections_per_address: int = Field(16, ge=1, le=100_000, description="... from one client address")
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -40,6 +49,20 @@ class ServeConfig(BaseModel):
         if isinstance(value, list):
             return [parse_source(v) if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("viewers")
+    @classmethod
+    def _distinct_tokens(cls, value: list[Viewer]) -> list[Viewer]:
+        tokens = [v.token for v in value]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("two viewers share a token")
+        return value
+
+    @model_validator(mode="after")
+    def _admin_token_is_not_a_viewers(self) -> ServeConfig:
+        if any(v.token == self.token for v in self.viewers):
+            raise ValueError("a viewer's token is the admin token")
+        return self
 
     @field_validator("sources")
     @classmethod

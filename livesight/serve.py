@@ -13,7 +13,8 @@ from errors import ConfigError, LivesightError
 from livesight.config import ServeConfig
 from models.loader import choose_placement, load_model
 from stream.factory import make_source
-from web.server import WS_PATH, App
+from web.auth import Authenticator
+from web.server import WS_PATH, App, HostCheck, Limits
 
 log = logging.getLogger("livesight")
 
@@ -26,7 +27,12 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not main thread / not supported
             loop.add_signal_handler(sig, stop.set)
 
-    app = App(cfg.token, cfg.model)
+    app = App(
+        Authenticator(cfg.token, cfg.viewers),
+        cfg.model,
+        hosts=HostCheck([*cfg.server_names, *([] if _any_address(cfg.host) else [cfg.host])]),
+        limits=Limits(per_address=cfg.max_connections_per_address, total=cfg.max_connections),
+    )
     try:
         await app.listen(cfg.host, cfg.port)
     except OSError as exc:
@@ -42,7 +48,13 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         except LivesightError as exc:
             app.failure = exc.message
             raise
-        settings = EngineSettings(fps=cfg.fps, budget=cfg.budget, max_queue=cfg.max_queue)
+        settings = EngineSettings(
+            fps=cfg.fps,
+            budget=cfg.budget,
+            max_queue=cfg.max_queue,
+            max_streams=cfg.max_streams,
+            ended_ttl_s=cfg.ended_ttl_s,
+        )
         engine = Engine(adapter, settings, functools.partial(make_source, lossless=cfg.lossless))
         await engine.start(cfg.sources)
         app.engine = engine
@@ -57,7 +69,15 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         log.info("shutting down")
     finally:
         try:
+            if engine is not None:
+                # Every waiting or running question hears why before the connections close.
+                await engine.shutdown()
+                await app.drain()
             await app.close()
         finally:
             if engine is not None:
                 await engine.close()
+
+
+def _any_address(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::")

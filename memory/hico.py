@@ -111,6 +111,26 @@ class HiCoSettings:
             out.append(tokens)
         return out
 
+    def segment_frames(self) -> list[int]:
+        """Frames one segment of each tier stands for."""
+        out = [self.clip_frames]
+        for _ in self.tiers[1:]:
+            out.append(out[-1] * self.group)
+        return out
+
+    def full_layout(self) -> list[tuple[int, int]]:
+        """``(frames, tokens)`` of each segment, oldest first, when every tier is full: the most segments (and
+        so the most time labels) and the most tokens the memory ever holds."""
+        out: list[tuple[int, int]] = []
+        sizes = zip(self.tiers, self.segment_tokens(), self.segment_frames(), strict=True)
+        for tier, tokens, frames in reversed(list(sizes)):
+            out += [(frames, tokens)] * (tier.capacity // tokens)
+        return out + [(1, self.native_tokens)] * (self.recent_frames + self.clip_frames - 1)
+
+    def max_tokens(self) -> int:
+        """The most visual tokens the memory holds at once (at most ``budget``)."""
+        return self.native_max() + sum(t.capacity for t in self.tiers)
+
     @classmethod
     def for_budget(
         cls,

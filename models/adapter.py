@@ -79,9 +79,14 @@ class ModelAdapter(Protocol):
     model_id: str
     tokens_per_frame: int  # native visual tokens per frame, before any compression
     default_budget: int  # a sensible in-context token budget for this model
+    max_positions: int | None  # the language model's context window in positions, when it has one
 
     def encode(self, images: Sequence[np.ndarray]) -> Encoded:
         """Encode ``F`` RGB frames (each ``[H, W, 3]`` uint8) to visual tokens."""
+        ...
+
+    def prefix_length(self, segments: Sequence[Segment]) -> int:
+        """Tokens a prefix over ``segments`` would hold (text and visual), without running the model."""
         ...
 
     def build_prefix(self, segments: Sequence[Segment]) -> Prefix:

@@ -270,6 +270,19 @@ class EmbeddingContext:
         chunk = self.assemble(pieces, start)
         return self.run(chunk, cache, all_logits=all_logits), chunk
 
+    def prefix_length(self, segments: Sequence[Segment]) -> int:
+        """Tokens of the prefix over ``segments`` (head, labels, visual tokens), counted without the model."""
+        pieces: list[Piece] = [self.head_text()]
+        for seg in segments:
+            pieces.extend(self.segment_pieces(seg))
+        n = 0
+        for piece in pieces:
+            if isinstance(piece, str):
+                n += len(self.tokenize(piece)) if piece else 0
+            else:
+                n += int((piece.tokens if isinstance(piece, Visual) else piece).shape[0])
+        return n
+
     def build_prefix(self, segments: Sequence[Segment]) -> EmbeddingPrefix:
         cache = DynamicCache()
         pieces: list[Piece] = [self.head_text()]

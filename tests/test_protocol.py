@@ -22,9 +22,12 @@ from errors import (
     Busy,
     ConfigError,
     Conflict,
+    Forbidden,
     Internal,
     LivesightError,
     ModelUnavailable,
+    NoVideo,
+    ShuttingDown,
     SourceError,
     TooLarge,
     Unauthorized,
@@ -107,8 +110,11 @@ def test_unknown_types_name_the_known_ones() -> None:
         (TooLarge("x"), "too_large"),
         (Busy("x"), "busy"),
         (Internal("x"), "internal"),
-        (ModelUnavailable("x"), "internal"),
-        (SourceError("x"), "internal"),
+        (ModelUnavailable("x"), "unavailable"),
+        (SourceError("x"), "unavailable"),
+        (ShuttingDown("x"), "unavailable"),
+        (NoVideo("x"), "no_video"),
+        (Forbidden("x"), "forbidden"),
         (LivesightError("x"), "internal"),
     ],
 )
@@ -117,6 +123,12 @@ def test_every_error_has_one_documented_code(error: LivesightError, code: str) -
     assert code in protocol.ERROR_CODES
     wire = protocol.error("q1", error)
     assert wire == {"type": "error", "id": "q1", "code": code, "message": "x", "retryable": error.retryable}
+
+
+def test_every_documented_code_is_reachable() -> None:
+    """No code in the README's list is dead: each is what some error maps to."""
+    errors = [BadRequest, UnknownStream, NoVideo, Unauthorized, Forbidden, TooLarge, Busy, ShuttingDown, Internal]
+    assert sorted({protocol.error_code(e("x")) for e in errors}) == sorted(protocol.ERROR_CODES)
 
 
 def test_busy_is_retryable_and_retryable_can_be_set() -> None:

@@ -32,8 +32,10 @@ def camera() -> Iterator[RtspServer]:
 
 
 def health(port: int) -> dict[str, Any]:
+    """The detailed health (streams and their states): it needs the token."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/healthz", headers={"Authorization": f"Bearer {TOKEN}"})
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             return dict(json.load(r))
     except urllib.error.HTTPError as exc:  # 503 while starting: the body still says why
         return dict(json.load(exc))
@@ -62,7 +64,10 @@ def test_serve_with_a_streams_file_reports_the_camera_and_never_its_credentials(
     config.write_text(f'[[streams]]\nname = "door"\nurl = "{camera.url}"\nfps = 2\n')
     port = free_port()
     log = (tmp_path / "serve.log").open("w+")
-    argv = ["serve", "--config", str(config), "--model", "tiny-random", "--port", str(port), "--token", TOKEN]
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    argv = ["serve", "--config", str(config), "--model", "tiny-random", "--port", str(port)]
+    argv += ["--token-file", str(token_file)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "livesight.cli", *argv, "--log-level", "debug"], stdout=log, stderr=log
     )

@@ -61,11 +61,12 @@ async def test_protocol_end_to_end(recording: RecordingAdapter) -> None:
     async with running_server(recording, settings) as srv:
         await wait_for_frames(srv.engine, "demo", 3)
 
-        # Health check on the same port.
-        body = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/healthz", timeout=5).read()
-        )
-        health = json.loads(body)
+        # Health check on the same port: liveness for anyone, details with the token.
+        url = f"http://127.0.0.1:{srv.port}/healthz"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        assert json.loads(body) == {"status": "ok"}
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        health = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=5).read()))
         assert health["status"] == "ok" and health["streams"][0]["name"] == "demo"
 
         async with client(srv.url) as c:

@@ -1,17 +1,22 @@
-"""One websocket client: authentication, requests, and a bounded outbox drained by its own task.
+"""One websocket client: authentication and its role, requests, and a bounded outbox drained by its own task.
 
-The engine never waits on a client: everything it sends goes through :meth:`ClientConnection.send`,
-which only enqueues. A client that stops reading fills its outbox and is disconnected (close code 1013)
-without slowing anyone else down.
+The engine never waits on a client: everything sent to it goes through :meth:`ClientConnection.send`,
+which only enqueues the serialized message. The outbox holds at most ``outbox`` messages and
+``outbox_bytes`` bytes; a client that stops reading fills it and is cut off at once: its questions are
+cancelled, a close (code 1013) is attempted for ``CUT_OFF_S`` seconds, and then the transport is aborted,
+so a client that cannot even take a close frame does not linger.
+
+Every message is checked against the client's role (:mod:`web.auth`): a viewer sees and asks about its
+own streams only (others are reported unknown) and cannot add or remove streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from websockets.asyncio.server import ServerConnection
@@ -19,9 +24,10 @@ from websockets.exceptions import ConnectionClosed
 
 from engine.engine import Engine, Question
 from engine.events import FINAL, QuestionEvent, StreamStatus
-from errors import BadRequest, Busy, LivesightError, Unauthorized
+from errors import BadRequest, Busy, Forbidden, LivesightError, Unauthorized, UnknownStream
 from stream.spec import check_name, parse_source
 from web import protocol
+from web.auth import Authenticator, Principal
 from web.protocol import (
     AddStream,
     Ask,
@@ -39,7 +45,9 @@ from web.protocol import (
 log = logging.getLogger("livesight.web")
 
 OUTBOX = 4096  # messages; a whole 1024-token answer fits several times
+OUTBOX_BYTES = 4 * 1024 * 1024
 AUTH_TIMEOUT_S = 10.0
+CUT_OFF_S = 1.0  # a polite close of a client that does not read, before the transport is aborted
 MAX_ACTIVE_PER_CLIENT = 4
 MAX_SUBSCRIPTIONS = 64
 
@@ -49,54 +57,93 @@ class ClientConnection:
         self,
         ws: ServerConnection,
         engine: Engine,
-        token: str,
+        auth: Authenticator,
         *,
         outbox: int = OUTBOX,
+        outbox_bytes: int = OUTBOX_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ws = ws
         self.engine = engine
-        self._token = token
+        self.address = str(ws.remote_address[0]) if ws.remote_address else "unknown"
+        self.principal: Principal | None = None
+        self._auth = auth
         self._clock = clock
-        self._outbox: asyncio.Queue[Wire | None] = asyncio.Queue(maxsize=outbox)
+        self._limit, self._limit_bytes = outbox, outbox_bytes
+        self._outbox: deque[str] = deque()
+        self._outbox_bytes = 0
+        self._ready = asyncio.Event()  # set when the outbox has something (or the connection is ending)
+        self._sent = asyncio.Event()  # set when the outbox is empty
+        self._sent.set()
         self._active: dict[str, Question] = {}
         self._subscribed: set[str] = set()
         self._removals: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._closer: asyncio.Task[None] | None = None  # the close of a client too slow to read
+        self._sender: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None  # the cut-off of a client too slow to read
 
+    # --- sending ---------------------------------------------------------------------------------
     def send(self, msg: Wire) -> None:
-        """Queue a message for this client (never blocks). A full outbox disconnects the client."""
+        """Queue a message for this client (never blocks). A full outbox cuts the client off."""
         if self._closing:
             return
+        text = protocol.dumps(msg)
+        size = len(text.encode())
+        if len(self._outbox) >= self._limit or self._outbox_bytes + size > self._limit_bytes:
+            self._cut_off()
+            return
+        self._outbox.append(text)
+        self._outbox_bytes += size
+        self._ready.set()
+        self._sent.clear()
+
+    def _cut_off(self) -> None:
+        log.warning(
+            "client %s is not reading (%d messages, %d bytes waiting); disconnecting it",
+            self.address,
+            len(self._outbox),
+            self._outbox_bytes,
+        )
+        self._closing = True
+        self._cancel_all()
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        self._closer = asyncio.get_running_loop().create_task(self._close_or_abort(), name=f"cut-off:{id(self)}")
+
+    async def _close_or_abort(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()  # it may be stuck writing to a client that does not read
         try:
-            self._outbox.put_nowait(msg)
-        except asyncio.QueueFull:
-            log.warning("client %s is not reading; disconnecting it", self.ws.remote_address)
-            self._closing = True
-            self._cancel_all()
-            self._closer = asyncio.get_running_loop().create_task(
-                self.ws.close(1013, "client too slow"), name=f"close-slow:{id(self)}"
-            )
-
-    def _on_question(self, ev: QuestionEvent) -> None:
-        """An event of one of our questions; the final one frees its id."""
-        if isinstance(ev, FINAL):
-            self._active.pop(ev.question, None)
-        self.send(protocol.event(ev))
-
-    def _on_status(self, ev: StreamStatus) -> None:
-        self.send(protocol.status(ev))
+            await asyncio.wait_for(self.ws.close(1013, "client too slow"), CUT_OFF_S)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        finally:
+            if self.ws.state.name != "CLOSED":
+                self.ws.transport.abort()
 
     async def _drain(self) -> None:
         while True:
-            msg = await self._outbox.get()
-            if msg is None:
-                return
-            await self.ws.send(protocol.dumps(msg))
+            while not self._outbox:
+                if self._closing:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+            text = self._outbox.popleft()
+            self._outbox_bytes -= len(text.encode())
+            await self.ws.send(text)
+            if not self._outbox:
+                self._sent.set()
 
+    async def flush(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until everything queued has been handed to the connection."""
+        if self._sender is None or self._sender.done():
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._sent.wait()), timeout)
+
+    # --- the connection --------------------------------------------------------------------------
     async def run(self) -> None:
-        sender = asyncio.create_task(self._drain(), name=f"client-send:{id(self)}")
+        self._sender = asyncio.create_task(self._drain(), name=f"client-send:{id(self)}")
         try:
             if not await self._authenticate():
                 return
@@ -105,20 +152,19 @@ class ClientConnection:
         except ConnectionClosed:
             pass
         finally:
-            self._closing = True
             self._cancel_all()
             for name in self._subscribed:
                 self.engine.unsubscribe(name, self._on_status)
             if self._removals:
                 # A removal is not cancelled halfway: it would leave a source unclosed. They are short.
                 await asyncio.wait(self._removals, timeout=10.0)
-            if self.ws.state.name == "OPEN" and not sender.done():
+            if self.ws.state.name == "OPEN" and not self._closing:
                 # Let what is queued (an auth error, say) go out before the connection closes.
-                with contextlib.suppress(asyncio.QueueFull):
-                    self._outbox.put_nowait(None)
-                await asyncio.wait({sender}, timeout=2.0)
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+                await self.flush(2.0)
+            self._closing = True
+            self._ready.set()
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
             if self._closer is not None:
                 await asyncio.gather(self._closer, return_exceptions=True)
 
@@ -126,25 +172,28 @@ class ClientConnection:
         try:
             raw = await asyncio.wait_for(self.ws.recv(), AUTH_TIMEOUT_S)
         except asyncio.TimeoutError:  # not the builtin TimeoutError on Python 3.10
-            await self._reject('send {"type":"auth","token":...} first')
+            await self._reject(Unauthorized('send {"type":"auth","token":...} first'))
             return False
         try:
             msg = parse(raw)
         except ProtocolError:
             msg = None
-        if not isinstance(msg, Auth):
-            await self._reject('the first message must be {"type":"auth","token":...}')
+        try:
+            if not isinstance(msg, Auth):
+                self._auth.refuse(self.address, "no auth message")
+                raise Unauthorized('the first message must be {"type":"auth","token":...}')
+            self.principal = self._auth.authenticate(msg.token, self.address)
+        except Unauthorized as exc:
+            await self._reject(exc)
             return False
-        if not hmac.compare_digest(msg.token.encode(), self._token.encode()):
-            await self._reject("wrong token")
-            return False
-        self.send(protocol.ready(self.engine.stream_names()))
+        self.send(protocol.ready([n for n in self.engine.stream_names() if self.principal.sees(n)]))
         return True
 
-    async def _reject(self, why: str) -> None:
-        await self.ws.send(protocol.dumps(protocol.error(None, Unauthorized(why))))
+    async def _reject(self, err: Unauthorized) -> None:
+        await self.ws.send(protocol.dumps(protocol.error(None, err)))
         await self.ws.close(1008, "unauthorized")
 
+    # --- requests --------------------------------------------------------------------------------
     def _handle(self, raw: str | bytes) -> None:
         try:
             msg = parse(raw)
@@ -160,16 +209,19 @@ class ClientConnection:
                     raise BadRequest(f"no active question with id {msg.id!r}")
                 self.engine.cancel(q)
             elif isinstance(msg, Streams):
-                self.send(protocol.streams(self.engine.streams_info()))
+                self.send(protocol.streams([s for s in self.engine.streams_info() if self._sees(s.name)]))
             elif isinstance(msg, AddStream):
+                self._admin("add streams")
                 self._add_stream(msg)
             elif isinstance(msg, RemoveStream):
+                self._admin("remove streams")
                 task = asyncio.get_running_loop().create_task(
                     self._remove_stream(msg), name=f"remove-stream:{msg.name}:{id(self)}"
                 )
                 self._removals.add(task)
                 task.add_done_callback(self._removals.discard)
             elif isinstance(msg, Subscribe):
+                self._visible(msg.stream)
                 if msg.stream not in self._subscribed and len(self._subscribed) >= MAX_SUBSCRIPTIONS:
                     raise BadRequest(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
                 self.engine.subscribe(msg.stream, self._on_status)
@@ -183,7 +235,20 @@ class ClientConnection:
         except LivesightError as exc:
             self._error(getattr(msg, "id", None), exc)
 
+    def _sees(self, stream: str) -> bool:
+        return self.principal is not None and self.principal.sees(stream)
+
+    def _visible(self, stream: str) -> None:
+        """A stream this client may not see is reported as unknown, like one that does not exist."""
+        if not self._sees(stream):
+            raise UnknownStream(f"no stream named {stream!r}")
+
+    def _admin(self, what: str) -> None:
+        if self.principal is None or not self.principal.admin:
+            raise Forbidden(f"only the admin token may {what}")
+
     def _ask(self, msg: Ask) -> None:
+        self._visible(msg.stream)
         if msg.id in self._active:
             raise BadRequest(f"question id {msg.id!r} is already in use on this connection")
         if len(self._active) >= MAX_ACTIVE_PER_CLIENT:
@@ -197,9 +262,14 @@ class ClientConnection:
             guided=msg.guided,
             reply=self._on_question,
             received=self._clock(),
+            owner=self,
         )
-        self.engine.submit(q)
         self._active[msg.id] = q
+        try:
+            self.engine.submit(q)
+        except LivesightError:
+            del self._active[msg.id]
+            raise
 
     def _add_stream(self, msg: AddStream) -> None:
         # The name is checked first: parse_source would read an invalid one as part of the URL.
@@ -214,6 +284,16 @@ class ClientConnection:
             self._error(msg.id, exc)
             return
         self.send(protocol.stream_removed(msg.id, msg.name))
+
+    # --- from the engine -------------------------------------------------------------------------
+    def _on_question(self, ev: QuestionEvent) -> None:
+        """An event of one of our questions; the final one frees its id."""
+        if isinstance(ev, FINAL):
+            self._active.pop(ev.question, None)
+        self.send(protocol.event(ev))
+
+    def _on_status(self, ev: StreamStatus) -> None:
+        self.send(protocol.status(ev))
 
     def _error(self, msg_id: str | None, exc: LivesightError) -> None:
         self.send(protocol.error(msg_id, exc))

@@ -36,6 +36,7 @@ class HttpRequest:
     target: str  # path and query, as sent
     headers: Headers
     body: bytes
+    peer: str | None = None  # the client's address
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,8 @@ class PlainHttpConnection(ServerConnection):
         start = end + 4
         while len(self._buf) < start + length:
             await self._more()
-        return HttpRequest(method, target, headers, bytes(self._buf[start : start + length]))
+        peer = self.remote_address[0] if self.remote_address else None
+        return HttpRequest(method, target, headers, bytes(self._buf[start : start + length]), peer)
 
     async def _more(self) -> None:
         if self._eof or self.connection_lost_waiter.done():

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 from engine.events import Answered, Cancelled, Failed, QuestionEvent, StreamInfo, StreamStatus, Token
-from errors import BadRequest, Kind, LivesightError, TooLarge, UnknownStream
+from errors import BadRequest, Kind, LivesightError, NoVideo, TooLarge, UnknownStream
 
 #: Largest client message the protocol accepts (bytes of UTF-8). Larger ones get ``too_large``; the
 #: connection stays open. Messages over :data:`HARD_LIMIT_BYTES` close the connection (code 1009).
@@ -146,7 +146,7 @@ def _describe(exc: ValidationError, kind: str) -> str:
 Wire = dict[str, Any]
 
 #: Wire codes of errors that name a thing; the rest are mapped by kind below.
-_CODE_BY_CLASS: dict[type[LivesightError], str] = {UnknownStream: "unknown_stream"}
+_CODE_BY_CLASS: dict[type[LivesightError], str] = {UnknownStream: "unknown_stream", NoVideo: "no_video"}
 _CODE_BY_KIND: dict[Kind, str] = {
     Kind.INVALID: "bad_request",
     Kind.CONFLICT: "bad_request",
@@ -154,9 +154,21 @@ _CODE_BY_KIND: dict[Kind, str] = {
     Kind.TOO_LARGE: "too_large",
     Kind.BUSY: "busy",
     Kind.UNAUTHORIZED: "unauthorized",
+    Kind.FORBIDDEN: "forbidden",
+    Kind.UNAVAILABLE: "unavailable",
 }
 #: Every code an ``error`` message can carry (README, "Errors").
-ERROR_CODES = ("bad_request", "unknown_stream", "unauthorized", "too_large", "busy", "internal")
+ERROR_CODES = (
+    "bad_request",
+    "unknown_stream",
+    "no_video",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "busy",
+    "unavailable",
+    "internal",
+)
 
 
 def error_code(exc: LivesightError) -> str:

@@ -14,14 +14,19 @@ import hmac
 import logging
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from engine.engine import Engine
-from errors import BadRequest, Busy, ConfigError, Conflict, UnknownStream
+from errors import BadRequest, Busy, ConfigError, Conflict, ShuttingDown, Unauthorized, UnknownStream
 from stream.source import SourceState
 from stream.spec import SourceSpec, check_name
 from stream.webrtc import WebRTCSource
+from web.auth import Authenticator
 from web.plain_http import HttpError, HttpRequest, HttpResponse
+
+if TYPE_CHECKING:
+    from web.server import HostCheck
 
 log = logging.getLogger("livesight.web")
 
@@ -32,11 +37,14 @@ _GET_ONLY = ("/", "/index.html", "/healthz", "/v1/ws")
 class WhipEndpoint:
     """Answers every non-GET request on the server's port (see :mod:`web.plain_http`)."""
 
-    def __init__(self, token: str, engine: Callable[[], Engine | None]) -> None:
-        self._token = token
+    def __init__(self, auth: Authenticator, engine: Callable[[], Engine | None], hosts: HostCheck) -> None:
+        self._auth = auth
         self._engine = engine
+        self._hosts = hosts
 
     async def __call__(self, req: HttpRequest) -> HttpResponse:
+        if not self._hosts.allows(req.headers.get("Host")):
+            raise HttpError(HTTPStatus.MISDIRECTED_REQUEST, "this server does not answer to that Host")
         path = urlsplit(req.target).path
         if path in _GET_ONLY:
             raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} answers GET only", [("Allow", "GET")])
@@ -78,7 +86,7 @@ class WhipEndpoint:
             # add_source refuses a name taken meanwhile (another publisher won the race) as a Conflict.
             conflict = isinstance(exc, Conflict)
             raise HttpError(HTTPStatus.CONFLICT if conflict else HTTPStatus.BAD_REQUEST, exc.message) from None
-        except Busy as exc:
+        except (Busy, ShuttingDown) as exc:
             await source.close()
             raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, exc.message, [("Retry-After", "5")]) from None
         except BaseException:
@@ -116,12 +124,20 @@ class WhipEndpoint:
         return HttpResponse(HTTPStatus.OK)
 
     def _authorize(self, req: HttpRequest) -> Engine:
+        """The engine, for an admin's request (publishing adds a stream); 401, 403 or 503 otherwise."""
         scheme, _, token = req.headers.get("Authorization", "").partition(" ")
         challenge = [("WWW-Authenticate", 'Bearer realm="livesight"')]
-        if scheme.lower() != "bearer" or not token:
-            raise HttpError(HTTPStatus.UNAUTHORIZED, "send Authorization: Bearer <token>", challenge)
-        if not hmac.compare_digest(token.strip().encode(), self._token.encode()):
-            raise HttpError(HTTPStatus.UNAUTHORIZED, "wrong token", challenge)
+        address = req.peer or "unknown"
+        try:
+            if scheme.lower() != "bearer" or not token.strip():
+                self._auth.refuse(address, "no bearer token")
+                raise Unauthorized("send Authorization: Bearer <token>")
+            who = self._auth.authenticate(token.strip(), address)
+        except Unauthorized as exc:
+            extra = [("Retry-After", "60")] if exc.retryable else []
+            raise HttpError(HTTPStatus.UNAUTHORIZED, exc.message, challenge + extra) from None
+        if not who.admin:
+            raise HttpError(HTTPStatus.FORBIDDEN, "only the admin token may publish or end streams")
         engine = self._engine()
         if engine is None:
             raise HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "starting", [("Retry-After", "5")])

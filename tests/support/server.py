@@ -19,7 +19,8 @@ from engine.events import StreamInfo
 from models.adapter import ModelAdapter
 from stream.factory import make_source
 from stream.spec import parse_source
-from web.server import WS_PATH, App
+from web.auth import Authenticator, Viewer
+from web.server import WS_PATH, App, HostCheck, Limits
 
 TOKEN = "test-token-123"
 
@@ -50,9 +51,20 @@ async def running_server(
     *,
     lossless: bool = False,
     outbox: int = 4096,
+    outbox_bytes: int = 4 * 1024 * 1024,
+    viewers: Sequence[Viewer] = (),
+    hosts: HostCheck | None = None,
+    limits: Limits | None = None,
 ) -> AsyncIterator[Server]:
     """A real App + Engine listening on a free loopback port, torn down afterwards."""
-    app = App(TOKEN, adapter.model_id, outbox=outbox)
+    app = App(
+        Authenticator(TOKEN, viewers),
+        adapter.model_id,
+        outbox=outbox,
+        outbox_bytes=outbox_bytes,
+        hosts=hosts,
+        limits=limits,
+    )
     await app.listen("127.0.0.1", 0)
     engine = Engine(adapter, settings, make or source_factory(lossless=lossless))
     try:

@@ -1,4 +1,4 @@
-"""``livesight serve --config FILE.toml``: the streams file, validated at startup."""
+"""``livesight serve --config FILE.toml``: the configuration file, validated at startup."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from engine.engine import Engine, EngineSettings
 from errors import ConfigError
 from livesight.cli import main
-from livesight.stream_file import load_streams_file
+from livesight.config_file import load_streams_file
 from models.families.smolvlm import SmolVLMAdapter
 from stream.factory import make_source
 from stream.source import ThreadedSource
@@ -92,8 +92,8 @@ def test_every_problem_is_listed_with_its_entry_and_no_credentials(tmp_path: Pat
     ("text", "error"),
     [
         ("[[streams]\n", "is not valid TOML"),
-        ("", "streams: Field required"),
-        ("streams = []", "streams: List should have at least 1 item"),
+        ("", "lists no [[streams]] and no [[viewers]]"),
+        ("streams = []", "lists no [[streams]] and no [[viewers]]"),
         ("streams = ['demo']", "streams[0]: Input should be a valid dictionary"),
     ],
 )
