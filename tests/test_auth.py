@@ -37,7 +37,7 @@ def test_the_limiter_locks_an_address_out_after_repeated_failures_and_lets_it_ba
     assert auth.authenticate(TOKEN, "10.0.0.10").admin  # other addresses are not affected
     now[0] = 61.0
     assert auth.authenticate(TOKEN, "10.0.0.9").admin
-    assert auth.authenticate("viewer-token-456", "10.0.0.9").streams == {"lobby"}
+    assert auth.authenticate("viewer-token-456", "10.0.0.9").streams == frozenset({"lobby"})
 
 
 def test_the_limiter_tracks_a_bounded_number_of_addresses() -> None:
