@@ -86,7 +86,7 @@ class WebRTCSource:
             if transceiver.kind != "video" or transceiver.receiver.track is not self._track:
                 transceiver.direction = "inactive"
         answer = await self._pc.createAnswer()
-        await self._pc.setLocalDescription(answer)
+        await self._pc.setLocalDescription(as_dtls_server(answer, offer_sdp))
         self._reader = asyncio.create_task(self._read(self._track), name=f"webrtc-reader:{self.name}")
         return str(self._pc.localDescription.sdp)
 
@@ -176,6 +176,24 @@ class WebRTCSource:
             # way. So the close runs in its own task, which callers await shielded.
             self._closer = asyncio.create_task(self._pc.close(), name=f"webrtc-close:{self.name}")
         await asyncio.shield(self._closer)
+
+
+def as_dtls_server(answer: RTCSessionDescription, offer_sdp: str) -> RTCSessionDescription:
+    """``answer`` with livesight as the DTLS server (``a=setup:passive``) wherever the offer lets us choose.
+
+    aiortc answers an ``actpass`` offer as the DTLS client, and as a client it offers ECDSA cipher suites
+    only (its own certificate is ECDSA; aiortc declined to add RSA suites, aiortc#1421), so a publisher
+    holding an RSA certificate (GStreamer's webrtcbin, some SFUs) fails the handshake with "no shared
+    cipher". As the server, aiortc picks an ECDSA suite from the client's list, which every WebRTC stack
+    offers, whatever the client's own certificate. ``setLocalDescription`` takes the DTLS role from the
+    answer's ``a=setup`` (aiortc's RTCPeerConnection.setLocalDescription, "set DTLS role"), so editing the
+    attribute is enough. An offer that is itself ``active`` already made aiortc the server; one that is
+    ``passive`` leaves us the client, as it must.
+    """
+    if "a=setup:actpass" not in offer_sdp:
+        return answer
+    sdp = answer.sdp.replace("a=setup:active", "a=setup:passive")
+    return RTCSessionDescription(sdp=sdp, type=answer.type)
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
