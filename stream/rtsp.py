@@ -34,7 +34,7 @@ import av.error
 
 from livesight.errors import SourceError
 from stream.backoff import Backoff
-from stream.file import MAX_SIDE
+from stream.picture import Orienter, to_rgb
 from stream.source import SourceState, ThreadedSource
 from stream.spec import redact
 
@@ -201,6 +201,7 @@ class RtspSource(ThreadedSource):
             ctx.skip_frame = "NONKEY"
         last_frame = self._clock()  # the watchdog's reference: the open counts as progress
         timeline: Timeline | None = None
+        orienter = Orienter()  # per connection: a camera's orientation SEI repeats with its keyframes
         for packet in container.demux(vstream):
             if self._stop.is_set():
                 return
@@ -215,6 +216,7 @@ class RtspSource(ThreadedSource):
                     ctx.skip_frame = "NONKEY" if skip else "DEFAULT"
                     self.keyframes_only = skip
             for frame in packet.decode():
+                orienter.update(frame)
                 now = last_frame = self._clock()
                 if timeline is None:
                     self._on_first_frame(now)
@@ -223,9 +225,7 @@ class RtspSource(ThreadedSource):
                 pts, captured_at = timeline.place(frame.time, now, self._wall())
                 if not self._sampler.due(pts):
                     continue
-                scale = min(1.0, MAX_SIDE / max(frame.width, frame.height))
-                w, h = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)
-                self._emit(pts, frame.to_ndarray(format="rgb24", width=w, height=h), captured_at)
+                self._emit(pts, to_rgb(frame, orienter.current), captured_at)
 
     def _on_first_frame(self, now: float) -> None:
         if self._origin is None:

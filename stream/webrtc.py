@@ -20,19 +20,17 @@ import time
 from collections.abc import AsyncIterator
 
 import av
-import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from livesight.errors import BadRequest
 from stream.frame import Frame
+from stream.picture import to_rgb
 from stream.sampler import Sampler
 from stream.source import SourceState, SourceStats
 
 log = logging.getLogger("livesight.webrtc")
 
-#: Largest side of the frames handed on (as for files): bounds memory, the model downsizes further.
-MAX_SIDE = 1280
 #: Seconds without a received frame after which the publisher is taken as gone.
 STALL_S = 10.0
 
@@ -157,7 +155,7 @@ class WebRTCSource:
                 continue
             self._pending = None
             pts, captured_at = self._pending_pts, self._pending_at
-            image = await asyncio.to_thread(_to_rgb, vframe)
+            image = await asyncio.to_thread(to_rgb, vframe)
             frame = Frame(stream=self.name, index=self._index, pts=pts, captured_at=captured_at, image=image)
             self._index += 1
             self.stats.frames += 1
@@ -194,9 +192,3 @@ def as_dtls_server(answer: RTCSessionDescription, offer_sdp: str) -> RTCSessionD
         return answer
     sdp = answer.sdp.replace("a=setup:active", "a=setup:passive")
     return RTCSessionDescription(sdp=sdp, type=answer.type)
-
-
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    scale = min(1.0, MAX_SIDE / max(frame.width, frame.height))
-    w, h = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)
-    return frame.to_ndarray(format="rgb24", width=w, height=h)
