@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         "camera. Repeatable. Default: demo (unless --config lists streams)",
     )
     s.add_argument(
+        "--transport",
+        action="append",
+        metavar="NAME=MODE",
+        help="how camera NAME's video travels: tcp, udp or auto (TCP, then UDP if the camera refuses TCP; "
+        "the default). Repeatable; not part of the URL, which FFmpeg sends to the camera as it is",
+    )
+    s.add_argument(
         "--config",
         metavar="FILE",
         help="TOML file listing streams to start with ([[streams]] name, url, fps); adds to --source",
@@ -133,6 +140,11 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
         sources.extend(load_streams_file(args.config))
     sources.extend(args.source or [])
+    if args.transport:
+        from stream.spec import SourceSpec, apply_transports, parse_source
+
+        specs = [s if isinstance(s, SourceSpec) else parse_source(str(s)) for s in sources]
+        sources = list(apply_transports(specs, args.transport))
     if sources:
         values["sources"] = sources
     cfg = load_serve_config(values)

@@ -4,6 +4,7 @@
     name = "door"                               # 1-64 letters, digits, '_', '.', '-'
     url = "rtsp://user:secret@10.0.0.5/stream1"  # rtsp://, rtsps://, a video file, or demo
     fps = 2                                     # optional: frames sampled per second (default: --fps)
+    transport = "udp"                           # optional, cameras: tcp, udp or auto (default: auto)
 
 Validated once at startup; unknown keys are rejected and every problem is reported at once, each with
 the entry it belongs to (its position and name), never with a URL's credentials.
@@ -14,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from livesight.errors import ConfigError
-from stream.spec import SourceSpec, check_name, parse_source
+from stream.spec import SourceSpec, check_name, check_transport, parse_source
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,6 +36,9 @@ class StreamEntry(BaseModel):
     name: str = Field(description="the stream's name, used to ask about it")
     url: str = Field(description="rtsp://, rtsps://, a video file path, or demo; credentials are never shown")
     fps: float | None = Field(None, gt=0, le=30, description="frames sampled per second; default: --fps")
+    transport: Literal["tcp", "udp", "auto"] | None = Field(
+        None, description="cameras only: how the video travels, tcp, udp or auto (TCP, then UDP); default auto"
+    )
 
 
 class StreamsFile(BaseModel):
@@ -84,6 +88,12 @@ def parse_streams(data: dict[str, Any], *, where: str = "config") -> list[Source
             spec = parse_source(entry.url)
         except ConfigError as exc:
             problems.append(f"{label}: url: {exc.message}")
+        else:
+            if entry.transport is not None:
+                try:
+                    spec = check_transport(spec, entry.transport)
+                except ConfigError as exc:
+                    problems.append(f"{label}: transport: {exc.message}")
         if len(problems) > bad:
             continue
         if entry.name in seen:

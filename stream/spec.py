@@ -62,11 +62,11 @@ def check_name(name: str) -> str:
 def check_transport(spec: SourceSpec, transport: str) -> SourceSpec:
     """``spec`` with its camera ``transport`` set; :class:`ConfigError` for a bad value or a non-camera."""
     if transport not in TRANSPORTS:
-        raise ConfigError(f"stream {spec.name!r}: transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+        raise ConfigError(f"the transport is one of {', '.join(TRANSPORTS)}, not {transport!r}")
     if spec.kind != "rtsp":
-        raise ConfigError(f"stream {spec.name!r}: only RTSP cameras have a transport")
+        raise ConfigError(f"only RTSP cameras have a transport, and {spec.name!r} is a {spec.kind} source")
     if transport == "udp" and spec.url[:6].lower() == "rtsps:":
-        raise ConfigError(f"stream {spec.name!r}: rtsps:// streams over TLS, which is TCP only; use tcp or auto")
+        raise ConfigError("rtsps:// streams over TLS, which is TCP only: use tcp or auto")
     return dataclasses.replace(spec, transport=transport)  # type: ignore[arg-type]  # checked just above
 
 

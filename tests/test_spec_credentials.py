@@ -24,6 +24,7 @@ from livesight.engine import EngineSettings
 from livesight.errors import ConfigError, SourceError
 from models.smolvlm import SmolVLMAdapter
 from stream.factory import make_source
+from stream.frame import Frame
 from stream.rtsp import RtspSource
 from stream.source import SourceState
 from stream.spec import SourceSpec, parse_source, redact, scrub
@@ -36,6 +37,10 @@ from tests.support.webrtc_peer import running, ws_client
 #: an output is a (partial) leak.
 MARK = "QXZJ"
 SPECIAL = "#?/@:%[]!$&'()*+,;=~-._ é"
+
+
+async def first_frame(source: RtspSource) -> Frame:
+    return await anext(aiter(source))
 
 
 def leaks(text: str) -> bool:
@@ -302,7 +307,7 @@ async def test_percent_encoded_credentials_open_a_real_camera(caplog: pytest.Log
 
         wrong = f"rtsp://camuser:{quote(PASSWORD[::-1], safe='')}@127.0.0.1:{server.port}/cam"
         bad = RtspSource("bad", parse_source(wrong).url, 1.0, offline_after=1)
-        task = asyncio.create_task(anext(aiter(bad)), name="test-bad-camera")
+        task = asyncio.create_task(first_frame(bad), name="test-bad-camera")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
         while bad.stats.state is not SourceState.OFFLINE:

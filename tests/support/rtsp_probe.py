@@ -9,6 +9,7 @@ socket or somewhere else) and which user and password it sends.
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import threading
 from dataclasses import dataclass
@@ -56,12 +57,10 @@ class RtspProbe:
                 conn, _ = self._sock.accept()
             except TimeoutError:
                 continue
-            with conn:
+            # The client hanging up or going quiet (OSError) ends the exchange; its requests are recorded.
+            with conn, contextlib.suppress(OSError):
                 conn.settimeout(2)
-                try:
-                    self._exchange(conn)
-                except OSError:  # the client hung up or went quiet: its requests were recorded already
-                    pass
+                self._exchange(conn)
 
     def _exchange(self, conn: socket.socket) -> None:
         buf = b""
