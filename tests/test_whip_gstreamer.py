@@ -71,6 +71,7 @@ async def gst_publisher(port: int, name: str) -> AsyncIterator[GstPublisher]:
         f"http://127.0.0.1:{port}/v1/whip/{name}",
         "--token",
         TOKEN,
+        "--loopback",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -81,9 +82,8 @@ async def gst_publisher(port: int, name: str) -> AsyncIterator[GstPublisher]:
         await pub.close()
 
 
-async def test_gstreamer_webrtcbin_publishes_over_whip(tiny: SmolVLMAdapter) -> None:
-    # No loopback-only ICE here: libnice gathers the host's own addresses, as does aioice by default, and
-    # the two meet on those (aioice's loopback patch would leave the pair unreachable from libnice's side).
+async def test_gstreamer_webrtcbin_publishes_over_whip(tiny: SmolVLMAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    loopback_ice(monkeypatch)  # both ends on 127.0.0.1 (the publisher with --loopback)
     async with running(tiny, EngineSettings(fps=4.0)) as srv, gst_publisher(srv.port, "gst") as pub:
         await until(lambda: pub.said("ANSWERED") is not None, 30, "the WHIP answer")
         assert (pub.said("ANSWERED") or "").startswith("ANSWERED /v1/whip/gst/")

@@ -6,7 +6,10 @@ there. It POSTs its offer (every ICE candidate included: WHIP without trickle) t
 token, applies the answer, prints ``ANSWERED <Location>`` and then ``CONNECTED`` once the peer connection
 is up, and publishes a moving test pattern until killed. Errors print ``ERROR <reason>`` and exit 1.
 
-    /usr/bin/python3 tests/support/whip_gst.py http://127.0.0.1:8765/v1/whip/cam --token T
+    /usr/bin/python3 tests/support/whip_gst.py http://127.0.0.1:8765/v1/whip/cam --token T [--loopback]
+
+``--loopback`` gathers ICE candidates on 127.0.0.1 only (libnice leaves loopback out by default), to meet a
+server whose ICE is kept on loopback too, on a machine with no other interface as well.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstSdp", "1.0")
 gi.require_version("GstWebRTC", "1.0")
-from gi.repository import GLib, Gst, GstSdp, GstWebRTC  # noqa: E402
+gi.require_version("Nice", "0.1")
+from gi.repository import GLib, Gst, GstSdp, GstWebRTC, Nice  # noqa: E402
 
 PIPELINE = (
     "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=15/1 ! "
@@ -32,12 +36,20 @@ PIPELINE = (
 
 
 class Publisher:
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, *, loopback: bool) -> None:
         self.url = url
         self.token = token
         self.loop = GLib.MainLoop()
         self.pipe = Gst.parse_launch(PIPELINE)
         self.webrtc = self.pipe.get_by_name("send")
+        # Held for the pipeline's life: with GStreamer 1.22's gi, dropping this wrapper freed webrtcbin's ICE
+        # object under it (GLib criticals, then no ICE at all), as if the wrapper held its only reference.
+        self.ice = self.webrtc.get_property("ice-agent")
+        if loopback:
+            # With a local address given, libnice gathers host candidates on it alone.
+            address = Nice.Address.new()
+            address.set_from_string("127.0.0.1")
+            self.ice.get_property("agent").add_local_address(address)
         self.webrtc.connect("on-negotiation-needed", self._on_negotiation_needed)
         self.webrtc.connect("notify::ice-gathering-state", self._on_gathering)
         self.webrtc.connect("notify::connection-state", self._on_connection)
@@ -127,9 +139,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("url", help="the WHIP endpoint, http://HOST:PORT/v1/whip/NAME")
     p.add_argument("--token", required=True)
+    p.add_argument("--loopback", action="store_true", help="ICE candidates on 127.0.0.1 only")
     args = p.parse_args()
     Gst.init(None)
-    return Publisher(args.url, args.token).run()
+    return Publisher(args.url, args.token, loopback=args.loopback).run()
 
 
 if __name__ == "__main__":
