@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         "camera. Repeatable. Default: demo (unless --config lists streams)",
     )
     s.add_argument(
+        "--transport",
+        action="append",
+        metavar="NAME=MODE",
+        help="how camera NAME's video travels: tcp, udp or auto (TCP, then UDP if the camera refuses TCP; "
+        "the default). Repeatable; not part of the URL, which FFmpeg sends to the camera as it is",
+    )
+    s.add_argument(
         "--config",
         metavar="FILE",
         help="TOML file listing streams to start with ([[streams]] name, url, fps; adds to --source) and viewer "
@@ -79,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         metavar="SECONDS",
         help="how long a stream that ended (a publisher that left, a file that finished) stays listed (default 300)",
+    )
+    s.add_argument(
+        "--allow-files",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="DIR",
+        help="directories whose video files add_stream may read (default: none; --source and --config always may)",
+    )
+    s.add_argument(
+        "--allow-hosts",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="HOST",
+        help="camera hosts add_stream may connect to: names, addresses or networks such as 10.0.0.0/8 (default: "
+        "none; --source and --config cameras are always used)",
     )
     s.add_argument("--max-connections", type=int, default=256, help="websocket connections at once (default 256)")
     s.add_argument(
@@ -155,6 +179,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "ended_ttl_s": args.ended_ttl,
         "max_connections": args.max_connections,
         "max_connections_per_address": args.max_connections_per_address,
+        "allow_files": args.allow_files,
+        "allow_hosts": args.allow_hosts,
     }
     sources: list[object] = []
     if args.config:
@@ -164,6 +190,11 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         sources.extend(file.streams)
         values["viewers"] = file.viewers
     sources.extend(args.source or [])
+    if args.transport:
+        from stream.spec import SourceSpec, apply_transports, parse_source
+
+        specs = [s if isinstance(s, SourceSpec) else parse_source(str(s)) for s in sources]
+        sources = list(apply_transports(specs, args.transport))
     if sources:
         values["sources"] = sources
     cfg = load_serve_config(values)

@@ -42,6 +42,10 @@ class ServeConfig(BaseModel):
     ended_ttl_s: float = Field(300.0, ge=0, le=7 * 86400, description="seconds an ended stream stays listed")
     max_connections: int = Field(256, ge=1, le=100_000, description="websocket connections at once")
     max_connections_per_address: int = Field(16, ge=1, le=100_000, description="... from one client address")
+    allow_files: list[str] = Field(default_factory=list, description="directories add_stream may read files from")
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="camera hosts and networks add_stream may connect to"
+    )
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -4,6 +4,7 @@
     name = "door"                               # 1-64 letters, digits, '_', '.', '-'
     url = "rtsp://user:secret@10.0.0.5/stream1"  # rtsp://, rtsps://, a video file, or demo
     fps = 2                                     # optional: frames sampled per second (default: --fps)
+    transport = "udp"                           # optional, cameras: tcp, udp or auto (default: auto)
 
     [[viewers]]                                 # a token that sees only some streams (see README, Security)
     name = "lobby-screen"                       # for logs
@@ -22,12 +23,12 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from errors import ConfigError
-from stream.spec import SourceSpec, check_name, parse_source
+from stream.spec import SourceSpec, check_name, check_transport, parse_source
 from web.auth import Viewer
 
 if sys.version_info >= (3, 11):
@@ -46,6 +47,9 @@ class StreamEntry(BaseModel):
     name: str = Field(description="the stream's name, used to ask about it")
     url: str = Field(description="rtsp://, rtsps://, a video file path, or demo; credentials are never shown")
     fps: float | None = Field(None, gt=0, le=30, description="frames sampled per second; default: --fps")
+    transport: Literal["tcp", "udp", "auto"] | None = Field(
+        None, description="cameras only: how the video travels, tcp, udp or auto (TCP, then UDP); default auto"
+    )
 
 
 class ViewerEntry(BaseModel):
@@ -140,6 +144,12 @@ def _streams(entries: list[tuple[int, StreamEntry]], problems: list[str]) -> lis
             spec = parse_source(entry.url)
         except ConfigError as exc:
             problems.append(f"{label}: url: {exc.message}")
+        else:
+            if entry.transport is not None:
+                try:
+                    spec = check_transport(spec, entry.transport)
+                except ConfigError as exc:
+                    problems.append(f"{label}: transport: {exc.message}")
         if len(problems) > bad:
             continue
         if entry.name in seen:

@@ -13,6 +13,7 @@ from errors import ConfigError, LivesightError
 from livesight.config import ServeConfig
 from models.loader import choose_placement, load_model
 from stream.factory import make_source
+from stream.policy import SourcePolicy
 from web.auth import Authenticator
 from web.server import WS_PATH, App, HostCheck, Limits
 
@@ -27,11 +28,13 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not main thread / not supported
             loop.add_signal_handler(sig, stop.set)
 
+    policy = SourcePolicy(cfg.allow_files, cfg.allow_hosts)  # ConfigError for an entry that is not one
     app = App(
         Authenticator(cfg.token, cfg.viewers),
         cfg.model,
         hosts=HostCheck([*cfg.server_names, *([] if _any_address(cfg.host) else [cfg.host])]),
         limits=Limits(per_address=cfg.max_connections_per_address, total=cfg.max_connections),
+        policy=policy,
     )
     try:
         await app.listen(cfg.host, cfg.port)

@@ -1,4 +1,5 @@
-"""A video file replayed at its real pace (default) or as fast as the consumer takes frames."""
+"""A video file replayed at its real pace (default) or as fast as the consumer takes frames, shown upright
+(its display matrix applied, see :mod:`stream.picture`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import av
 import av.error
 
 from errors import SourceError
+from stream.picture import MAX_SIDE, Orienter
 from stream.source import SourceState, ThreadedSource
 
-#: Largest side of the frames a source hands on; the model downsizes further, this only bounds memory.
-MAX_SIDE = 1280
+__all__ = ["MAX_SIDE", "FileSource"]
 
 
 class FileSource(ThreadedSource):
@@ -39,10 +40,12 @@ class FileSource(ThreadedSource):
             self.stats.state = SourceState.LIVE
             start = time.monotonic()
             first: float | None = None
+            orienter = Orienter()
             try:
                 for n, frame in enumerate(container.decode(vstream)):
                     if self._stop.is_set():
                         return
+                    orienter.update(frame)
                     t = float(frame.time) if frame.time is not None else n / rate
                     first = t if first is None else first
                     pts = t - first
@@ -50,8 +53,6 @@ class FileSource(ThreadedSource):
                         continue
                     if not self.lossless and not self._sleep(start + pts - time.monotonic()):
                         return
-                    scale = min(1.0, MAX_SIDE / max(frame.width, frame.height))
-                    w, h = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)
-                    self._emit(pts, frame.to_ndarray(format="rgb24", width=w, height=h))
+                    self._emit(pts, orienter.picture(frame))
             except av.error.FFmpegError as exc:
                 raise SourceError(f"decoding {self.display_url!r} failed: {exc}", retryable=False) from exc

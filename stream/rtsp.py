@@ -1,4 +1,4 @@
-"""RTSP cameras: a self-healing reader per camera, PyAV over TCP, newest frame wins.
+"""RTSP cameras: a self-healing reader per camera, PyAV over TCP or UDP, newest frame wins.
 
 States: ``starting`` until the first frame, then ``live``; on any failure (open error, read timeout, the
 camera ending the stream, no frames for ``stall_timeout``) ``reconnecting``, and ``offline`` once
@@ -15,6 +15,13 @@ Keyframes only: when every keyframe interval seen on this connection is at most 
 non-keyframe (``skip_frame = "NONKEY"``, ~4% of a core instead of ~14% for 1080p30). The rule is
 checked again at every keyframe, so a camera whose GOP grows goes back to full decoding.
 
+Transport (``tcp``, ``udp`` or ``auto``): ``auto`` lets FFmpeg fall back at SETUP, where a camera that
+cannot stream one way says so (461 Unsupported Transport): ``rtsp_transport=tcp+udp`` with
+``rtsp_flags=prefer_tcp`` asks for TCP first and then UDP within the same connection attempt, without a
+second open or a second timeout. The preference is remembered per camera: a connection that opened but
+delivered no frame (UDP blocked by a firewall after SETUP, say) makes the next attempt ask for the other
+transport first (for UDP first FFmpeg also retries over TCP by itself when no UDP packet arrives).
+
 Credentials: the URL with its credentials goes to PyAV and nowhere else. Logs, ``stats.error`` and
 exceptions carry :func:`stream.spec.redact`'s form; FFmpeg error strings, which quote the URL, are
 scrubbed before use, and PyAV exceptions are never chained (their ``filename`` holds the URL).
@@ -23,7 +30,6 @@ scrubbed before use, and PyAV exceptions are never chained (their ``filename`` h
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,24 +38,41 @@ from typing import Any, Literal
 import av
 import av.error
 
-from errors import SourceError
+from errors import ConfigError, SourceError
 from stream.backoff import Backoff
-from stream.file import MAX_SIDE
+from stream.picture import Orienter, to_rgb
 from stream.source import SourceState, ThreadedSource
-from stream.spec import redact
+from stream.spec import Transport, redact, scrub
+
+__all__ = ["OPEN_OPTIONS", "KeyframeRule", "RtspSource", "Timeline", "TransportPreference", "scrub"]
 
 log = logging.getLogger("stream.rtsp")
 
 DecodeMode = Literal["auto", "all", "keyframes"]
 
 #: Fast open: a small probe and no duration analysis cut opening from ~1.0 s to ~0.35 s (measured).
-OPEN_OPTIONS = {"rtsp_transport": "tcp", "probesize": "32768", "analyzeduration": "0", "fpsprobesize": "0"}
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]*@")
+OPEN_OPTIONS = {"probesize": "32768", "analyzeduration": "0", "fpsprobesize": "0"}
 
 
-def scrub(text: str, url: str) -> str:
-    """``text`` with ``url`` replaced by its redacted form and any other ``user:pass@`` removed."""
-    return _USERINFO.sub(r"\1***@", text.replace(url, redact(url)))
+class TransportPreference:
+    """Which transport a camera's next connection asks for first (see the module doc)."""
+
+    def __init__(self, setting: Transport) -> None:
+        self.setting = setting
+        self.first: Literal["tcp", "udp"] = "udp" if setting == "udp" else "tcp"
+
+    def options(self) -> dict[str, str]:
+        """FFmpeg options for the next connection attempt."""
+        if self.setting != "auto":
+            return {"rtsp_transport": self.setting}
+        if self.first == "tcp":
+            return {"rtsp_transport": "tcp+udp", "rtsp_flags": "prefer_tcp"}
+        return {"rtsp_transport": "udp+tcp"}  # FFmpeg tries the lowest flag first: UDP
+
+    def no_frames(self) -> None:
+        """The last connection opened but delivered no frame: ask for the other transport first next time."""
+        if self.setting == "auto":
+            self.first = "udp" if self.first == "tcp" else "tcp"
 
 
 class KeyframeRule:
@@ -108,6 +131,9 @@ class RtspSource(ThreadedSource):
 
     Args:
         url: ``rtsp://`` or ``rtsps://`` URL, credentials allowed (never shown).
+        transport: ``tcp``, ``udp`` or ``auto`` (TCP first, then UDP; see the module doc).
+        guard: called with the URL before every connection; returns the URL to open or raises
+            :class:`ConfigError` (a host the allow-list no longer admits); see :mod:`stream.policy`.
         decode: ``auto`` (keyframes only when the rule allows), ``all`` or ``keyframes``.
         open_timeout / read_timeout: seconds before a blocked open / read is abandoned.
         stall_timeout: seconds without a decoded frame before the connection is dropped.
@@ -121,6 +147,8 @@ class RtspSource(ThreadedSource):
         url: str,
         fps: float,
         *,
+        transport: Transport = "auto",
+        guard: Callable[[str], str] | None = None,
         decode: DecodeMode = "auto",
         open_timeout: float = 5.0,
         read_timeout: float = 5.0,
@@ -132,6 +160,8 @@ class RtspSource(ThreadedSource):
     ) -> None:
         super().__init__(name, redact(url), fps)
         self._url = url
+        self._transport = TransportPreference(transport)
+        self._guard = guard
         self._decode = decode
         self._open_timeout = open_timeout
         self._read_timeout = read_timeout
@@ -141,6 +171,7 @@ class RtspSource(ThreadedSource):
         self._clock = clock
         self._wall = wall
         self._failures = 0  # consecutive attempts without a frame
+        self._decoded = 0  # frames decoded on the current connection
         self._origin: float | None = None  # clock() at the first frame ever: pts 0
         self.keyframes_only = False  # what the decoder does right now (read by benchmarks)
 
@@ -170,26 +201,37 @@ class RtspSource(ThreadedSource):
             if not self._sleep(delay):
                 return
 
-    def _fail(self, what: str, exc: Exception) -> SourceError:
+    def _fail(self, what: str, exc: Exception, url: str) -> SourceError:
         detail = exc.strerror if isinstance(exc, av.error.FFmpegError) and exc.strerror else str(exc)
-        return SourceError(f"{what} {self.display_url}: {scrub(str(detail), self._url)}", retryable=True)
+        # Scrubbed for the URL opened (its host may be pinned to an address) and the one configured.
+        return SourceError(f"{what} {self.display_url}: {scrub(scrub(str(detail), url), self._url)}", retryable=True)
 
     def _connection(self) -> None:
         """One connection: open, read until it fails or ends. Returns on end of stream or stop."""
-        try:
-            container = av.open(
-                self._url, mode="r", options=OPEN_OPTIONS, timeout=(self._open_timeout, self._read_timeout)
-            )
-        except av.error.FFmpegError as exc:
-            raise self._fail("cannot open", exc) from None
-        with container:
-            if not container.streams.video:
-                raise SourceError(f"{self.display_url} has no video stream", retryable=True)
-            vstream = container.streams.video[0]
+        url = self._url
+        if self._guard is not None:
             try:
-                self._read(container, vstream)
-            except av.error.FFmpegError as exc:
-                raise self._fail("lost", exc) from None
+                url = self._guard(url)  # checked again at every connection: DNS answers change
+            except ConfigError as exc:
+                raise SourceError(exc.message, retryable=True) from None
+        options = {**OPEN_OPTIONS, **self._transport.options()}
+        try:
+            container = av.open(url, mode="r", options=options, timeout=(self._open_timeout, self._read_timeout))
+        except av.error.FFmpegError as exc:
+            raise self._fail("cannot open", exc, url) from None
+        self._decoded = 0
+        try:
+            with container:
+                if not container.streams.video:
+                    raise SourceError(f"{self.display_url} has no video stream", retryable=True)
+                vstream = container.streams.video[0]
+                try:
+                    self._read(container, vstream)
+                except av.error.FFmpegError as exc:
+                    raise self._fail("lost", exc, url) from None
+        finally:
+            if self._decoded == 0 and not self._stop.is_set():
+                self._transport.no_frames()
 
     def _read(self, container: Any, vstream: Any) -> None:
         rule = KeyframeRule(self._sampler.period, self._decode)
@@ -201,6 +243,7 @@ class RtspSource(ThreadedSource):
             ctx.skip_frame = "NONKEY"
         last_frame = self._clock()  # the watchdog's reference: the open counts as progress
         timeline: Timeline | None = None
+        orienter = Orienter()  # per connection: a camera's orientation SEI repeats with its keyframes
         for packet in container.demux(vstream):
             if self._stop.is_set():
                 return
@@ -215,6 +258,8 @@ class RtspSource(ThreadedSource):
                     ctx.skip_frame = "NONKEY" if skip else "DEFAULT"
                     self.keyframes_only = skip
             for frame in packet.decode():
+                self._decoded += 1
+                orienter.update(frame)
                 now = last_frame = self._clock()
                 if timeline is None:
                     self._on_first_frame(now)
@@ -223,9 +268,7 @@ class RtspSource(ThreadedSource):
                 pts, captured_at = timeline.place(frame.time, now, self._wall())
                 if not self._sampler.due(pts):
                     continue
-                scale = min(1.0, MAX_SIDE / max(frame.width, frame.height))
-                w, h = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)
-                self._emit(pts, frame.to_ndarray(format="rgb24", width=w, height=h), captured_at)
+                self._emit(pts, to_rgb(frame, orienter.current), captured_at)
 
     def _on_first_frame(self, now: float) -> None:
         if self._origin is None:

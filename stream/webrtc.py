@@ -20,19 +20,18 @@ import time
 from collections.abc import AsyncIterator
 
 import av
-import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription
 
 from errors import BadRequest
 from stream.frame import Frame
+from stream.picture import to_rgb
 from stream.sampler import Sampler
 from stream.source import SourceState, SourceStats
 
 log = logging.getLogger("livesight.webrtc")
 
-#: Largest side of the frames handed on (as for files): bounds memory, the model downsizes further.
-MAX_SIDE = 1280
 #: Seconds without a received frame after which the publisher is taken as gone.
 STALL_S = 10.0
 
@@ -74,21 +73,32 @@ class WebRTCSource:
     async def accept(self, offer_sdp: str) -> str:
         """Answer the publisher's SDP offer; returns the SDP answer (all ICE candidates included).
 
-        Raises :class:`BadRequest` for an offer that is not SDP or that sends no video. The caller closes
-        the source when this raises.
+        Raises :class:`BadRequest` for an offer that is not SDP, sends no video, or cannot be negotiated
+        (aiortc refuses it): the offer is the client's, so is the fault. The caller closes the source when
+        this raises.
         """
+        check_offer(offer_sdp)
         try:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
-            raise BadRequest(f"not a usable SDP offer: {exc or type(exc).__name__}") from None
-        if self._track is None:
-            raise BadRequest("the offer sends no video track")
-        for transceiver in self._pc.getTransceivers():
-            # Audio (OBS and ffmpeg send it) would pile up in aiortc's unbounded queue: decline it.
-            if transceiver.kind != "video" or transceiver.receiver.track is not self._track:
-                transceiver.direction = "inactive"
-        answer = await self._pc.createAnswer()
-        await self._pc.setLocalDescription(answer)
+            if self._track is None:
+                raise BadRequest("the offer sends no video track")
+            for transceiver in self._pc.getTransceivers():
+                # Audio (OBS and ffmpeg send it) would pile up in aiortc's unbounded queue: decline it.
+                if transceiver.kind != "video" or transceiver.receiver.track is not self._track:
+                    transceiver.direction = "inactive"
+            answer = await self._pc.createAnswer()
+            await self._pc.setLocalDescription(as_dtls_server(answer, offer_sdp))
+            if any(t.receiver.transport is None for t in self._pc.getTransceivers()):
+                # A section aiortc answered but gave no transport (a broken BUNDLE group, a reused mid):
+                # its connect task would fail on it in the background.
+                raise BadRequest("the offer's media sections cannot all be bundled onto one transport")
+        except BadRequest:
+            raise
+        except Exception as exc:
+            # aiortc raises whatever its parser or state machine met (ValueError, AttributeError, even a
+            # StopIteration turned RuntimeError, OperationError) for offers it cannot use.
+            log.info("webrtc %s: offer refused by aiortc: %s: %s", self.name, type(exc).__name__, exc)
+            raise BadRequest(f"the offer cannot be negotiated: {type(exc).__name__}: {exc}") from None
         self._reader = asyncio.create_task(self._read(self._track), name=f"webrtc-reader:{self.name}")
         return str(self._pc.localDescription.sdp)
 
@@ -159,7 +169,7 @@ class WebRTCSource:
                 continue
             self._pending = None
             pts, captured_at = self._pending_pts, self._pending_at
-            image = await asyncio.to_thread(_to_rgb, vframe)
+            image = await asyncio.to_thread(to_rgb, vframe)
             frame = Frame(stream=self.name, index=self._index, pts=pts, captured_at=captured_at, image=image)
             self._index += 1
             self.stats.frames += 1
@@ -177,10 +187,52 @@ class WebRTCSource:
             # the first one's future: a cancelled caller would cancel that future and break the close under
             # way. So the close runs in its own task, which callers await shielded.
             self._closer = asyncio.create_task(self._pc.close(), name=f"webrtc-close:{self.name}")
-        await asyncio.shield(self._closer)
+        try:
+            await asyncio.shield(self._closer)
+        except AttributeError as exc:
+            # aiortc's close trips over a transceiver that a refused offer left without a transport; what
+            # it had started is stopped by then, and nothing else remains to free.
+            log.debug("webrtc %s: closing a connection whose negotiation failed: %s", self.name, exc)
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    scale = min(1.0, MAX_SIDE / max(frame.width, frame.height))
-    w, h = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)
-    return frame.to_ndarray(format="rgb24", width=w, height=h)
+def as_dtls_server(answer: RTCSessionDescription, offer_sdp: str) -> RTCSessionDescription:
+    """``answer`` with livesight as the DTLS server (``a=setup:passive``) wherever the offer lets us choose.
+
+    aiortc answers an ``actpass`` offer as the DTLS client, and as a client it offers ECDSA cipher suites
+    only (its own certificate is ECDSA; aiortc declined to add RSA suites, aiortc#1421), so a publisher
+    holding an RSA certificate (GStreamer's webrtcbin, some SFUs) fails the handshake with "no shared
+    cipher". As the server, aiortc picks an ECDSA suite from the client's list, which every WebRTC stack
+    offers, whatever the client's own certificate. ``setLocalDescription`` takes the DTLS role from the
+    answer's ``a=setup`` (aiortc's RTCPeerConnection.setLocalDescription, "set DTLS role"), so editing the
+    attribute is enough. An offer that is itself ``active`` already made aiortc the server; one that is
+    ``passive`` leaves us the client, as it must.
+    """
+    if "a=setup:actpass" not in offer_sdp:
+        return answer
+    sdp = answer.sdp.replace("a=setup:active", "a=setup:passive")
+    return RTCSessionDescription(sdp=sdp, type=answer.type)
+
+
+def check_offer(sdp: str) -> None:
+    """Refuse, before any peer connection sees it, an offer that is not SDP or whose audio or video
+    sections lack what every WebRTC offer carries (a direction, ICE credentials, a DTLS fingerprint):
+    aiortc would otherwise half-apply it and fail in ways that leave its connection unable to close."""
+    try:
+        desc = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc's parser raises whatever the text trips it on
+        raise BadRequest(f"not a usable SDP offer: {type(exc).__name__}: {exc}") from None
+    media = [m for m in desc.media if m.kind in ("audio", "video")]
+    if not any(m.kind == "video" for m in media):
+        raise BadRequest("the offer sends no video track")
+    for m in media:
+        missing = [what for what, value in (("direction", m.direction), ("ICE", m.ice), ("DTLS", m.dtls)) if not value]
+        if not m.rtp.muxId:
+            missing.append("mid")
+        if missing:
+            raise BadRequest(f"the offer's {m.kind} section has no {' or '.join(missing)} attributes")
+    mids = [m.rtp.muxId for m in desc.media]
+    if len(set(mids)) != len(mids):
+        raise BadRequest("the offer repeats a media section's mid")
+    for group in desc.group:
+        if group.semantic == "BUNDLE" and set(group.items) != set(mids):
+            raise BadRequest("the offer's BUNDLE group does not list exactly its media sections")

@@ -23,9 +23,10 @@ def tiny() -> SmolVLMAdapter:
 @pytest.fixture
 async def srv(tiny: SmolVLMAdapter, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     """A running server with the tiny model; a module or test sets it up with
-    ``@pytest.mark.server(sources=[...], fps=...)`` (default: no sources, 2 fps)."""
+    ``@pytest.mark.server(sources=[...], fps=..., policy=SourcePolicy(...))`` (default: no sources, 2 fps,
+    add_stream allowed the demo only)."""
     marker = request.node.get_closest_marker("server")
     options = marker.kwargs if marker else {}
     settings = EngineSettings(fps=options.get("fps", 2.0))
-    async with running_server(tiny, settings, options.get("sources", ())) as server:
+    async with running_server(tiny, settings, options.get("sources", ()), policy=options.get("policy")) as server:
         yield server

@@ -12,7 +12,7 @@ from stream.spec import parse_source, redact
     ("url", "shown"),
     [
         ("rtsp://admin:hunter2@10.0.0.5:554/stream1", "rtsp://***@10.0.0.5:554/stream1"),
-        ("rtsp://cam.local/live?user=bob&password=hunter2", "rtsp://cam.local/live?user=bob&password=***"),
+        ("rtsp://cam.local/live?user=bob&password=hunter2", "rtsp://cam.local/live?user=***&password=***"),
         ("https://h/x?token=abc&sig=def&q=1", "https://h/x?token=***&sig=***&q=1"),
         ("/videos/a.mp4", "/videos/a.mp4"),
         ("demo", "demo"),

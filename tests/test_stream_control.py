@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,10 @@ import pytest
 from engine.engine import Engine, EngineSettings
 from engine.events import StreamStatus
 from models.families.smolvlm import SmolVLMAdapter
+from stream.policy import SourcePolicy
 from stream.source import Source, SourceState, ThreadedSource
 from stream.spec import SourceSpec, parse_source
-from tests.support.server import Server, client, until
+from tests.support.server import Server, client, running_server, until
 
 
 @pytest.fixture
@@ -95,8 +97,9 @@ async def test_errors_have_codes_and_never_show_credentials(srv: Server) -> None
         assert srv.engine.stream_names() == []
 
 
-async def test_state_changes_made_in_a_reader_thread_are_pushed(srv: Server, clip: Path) -> None:
-    async with client(srv.url) as ws:
+async def test_state_changes_made_in_a_reader_thread_are_pushed(tiny: SmolVLMAdapter, clip: Path) -> None:
+    policy = SourcePolicy(allow_files=[str(clip.parent)])
+    async with running_server(tiny, EngineSettings(fps=2.0), (), policy=policy) as srv, client(srv.url) as ws:
         await ws.send({"type": "add_stream", "name": "clip", "url": str(clip)})
         assert (await ws.recv())["type"] == "stream_added"
         await ws.send({"type": "subscribe", "stream": "clip"})
@@ -110,6 +113,27 @@ async def test_state_changes_made_in_a_reader_thread_are_pushed(srv: Server, cli
         ended = srv.engine.streams_info()[0]
         assert ended.state == "ended"
         assert ended.frames >= 1
+
+
+async def test_add_stream_keeps_to_the_allow_lists(tiny: SmolVLMAdapter, clip: Path, tmp_path: Path) -> None:
+    """Files only inside --allow-files, cameras only at --allow-hosts; a file that is missing and one that is
+    forbidden get the same answer, and a forbidden camera is never connected to."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(clip, allowed / "clip.mp4")
+    policy = SourcePolicy(allow_files=[str(allowed)], allow_hosts=["10.0.0.0/8"])
+    async with running_server(tiny, EngineSettings(fps=2.0), (), policy=policy) as srv, client(srv.url) as ws:
+        answers = []
+        for i, url in enumerate([str(clip), str(allowed / "missing.mp4"), "rtsp://127.0.0.1:554/cam"]):
+            await ws.send({"type": "add_stream", "id": f"a{i}", "name": f"s{i}", "url": url})
+            err = await ws.next(lambda m: m["type"] in ("error", "stream_added"))
+            assert (err["type"], err["code"], err["retryable"]) == ("error", "bad_request", False), err
+            answers.append(err["message"].replace(str(clip), "X").replace(str(allowed / "missing.mp4"), "X"))
+        assert answers[0] == answers[1]  # forbidden and missing say the same
+        assert "allow" in answers[2]
+        assert srv.engine.stream_names() == []
+        await ws.send({"type": "add_stream", "id": "ok", "name": "ok", "url": str(allowed / "clip.mp4")})
+        assert (await ws.next(lambda m: m["type"] in ("error", "stream_added")))["type"] == "stream_added"
 
 
 async def test_disconnecting_drops_subscriptions(srv: Server) -> None:

@@ -21,6 +21,7 @@ from engine.engine import Engine, EngineSettings
 from errors import Busy
 from livesight.config import load_serve_config
 from models.families.smolvlm import SmolVLMAdapter
+from stream.policy import SourcePolicy
 from stream.spec import parse_source
 from tests.media import write_video
 from tests.support.server import TOKEN, client, running_server, source_factory
@@ -44,7 +45,11 @@ async def test_an_ended_stream_is_freed_after_its_time_and_subscribers_hear_it(
 ) -> None:
     clip = write_video(tmp_path / "clip.mp4", seconds=2, fps=5, size=(64, 48))
     settings = EngineSettings(fps=2.0, ended_ttl_s=1.0)
-    async with running_server(tiny, settings, (f"clip={clip}",), lossless=True) as srv, client(srv.url) as c:
+    policy = SourcePolicy(allow_files=[str(tmp_path)])
+    async with (
+        running_server(tiny, settings, (f"clip={clip}",), lossless=True, policy=policy) as srv,
+        client(srv.url) as c,
+    ):
         await c.send({"type": "subscribe", "stream": "clip"})
         states = [m["state"] for m in await c.until(lambda m: m.get("state") == "removed", timeout=30)]
         assert "ended" in states and states[-1] == "removed"

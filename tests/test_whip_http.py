@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.mediastreams import AudioStreamTrack
 
 import web.plain_http
 from tests.support.server import TOKEN, Server, client, http_request
+from tests.support.webrtc_peer import SyntheticTrack, loopback_ice, unpublish
 from web.plain_http import MAX_BODY_BYTES, MAX_HEAD_BYTES
 
 pytestmark = pytest.mark.server(sources=["demo"], fps=1.0)
@@ -124,3 +128,63 @@ async def test_slow_and_vanishing_clients(srv: Server, monkeypatch: pytest.Monke
     async with client(srv.url) as ws:
         await ws.send({"type": "streams"})
         assert (await ws.recv())["type"] == "streams"
+
+
+async def test_offers_aiortc_cannot_use_are_refused_with_400_and_the_reason(
+    srv: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audio-only and 200 mutated offers (deleted, repeated, cut and altered lines) over real HTTP: each is
+    answered 201 or 400 with a reason, never a server error, and nothing fails unseen in the background."""
+    loopback_ice(monkeypatch)
+    loop_errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
+    rng = random.Random(7)
+    base = await offer(audio=True)
+    offers = [await offer(audio=True, video=False)] + [mutate(mutate(base, rng), rng) for _ in range(200)]
+    statuses = []
+    for i, sdp in enumerate(offers):
+        res = await asyncio.to_thread(http_request, srv.port, "POST", f"/v1/whip/m{i}", sdp.encode(), SDP | AUTH)
+        statuses.append(res.status)
+        if res.status == 201:
+            assert await unpublish(srv.port, res.headers["location"]) == 200
+        else:
+            assert res.status == 400, (res.status, res.body)
+            assert json.loads(res.body)["error"], res.body
+    assert statuses[0] == 400  # audio only: no video to watch
+    assert statuses.count(201) > 20 and statuses.count(400) > 20  # both kinds were exercised
+    assert loop_errors == []
+    assert srv.engine.stream_names() == ["demo"]
+
+
+async def offer(*, audio: bool, video: bool = True) -> str:
+    """A real offer from an aiortc peer (a synthetic video track, and an audio one if asked)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    if video:
+        pc.addTransceiver(SyntheticTrack(), direction="sendonly")
+    if audio:
+        pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = str(pc.localDescription.sdp)
+    await pc.close()
+    return sdp
+
+
+def mutate(sdp: str, rng: random.Random) -> str:
+    """One random change to one line: deleted, repeated elsewhere, cut short, a character altered, or a
+    media kind swapped."""
+    lines = sdp.split("\r\n")
+    i = rng.randrange(len(lines))
+    op = rng.randrange(5)
+    if op == 0:
+        del lines[i]
+    elif op == 1:
+        lines.insert(i, lines[rng.randrange(len(lines))])
+    elif op == 2:
+        lines[i] = lines[i][: rng.randrange(len(lines[i]) + 1)]
+    elif op == 3 and lines[i]:
+        chars = list(lines[i])
+        chars[rng.randrange(len(chars))] = rng.choice("0123456789 =:/ax-")
+        lines[i] = "".join(chars)
+    else:
+        lines[i] = lines[i].replace("video", "audio")
+    return "\r\n".join(lines)

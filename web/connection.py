@@ -7,7 +7,8 @@ cancelled, a close (code 1013) is attempted for ``CUT_OFF_S`` seconds, and then 
 so a client that cannot even take a close frame does not linger.
 
 Every message is checked against the client's role (:mod:`web.auth`): a viewer sees and asks about its
-own streams only (others are reported unknown) and cannot add or remove streams.
+own streams only (others are reported unknown) and cannot add or remove streams. A stream added at run
+time must pass the server's allow-lists (:class:`stream.policy.SourcePolicy`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -25,7 +27,8 @@ from websockets.exceptions import ConnectionClosed
 from engine.engine import Engine, Question
 from engine.events import FINAL, QuestionEvent, StreamStatus
 from errors import BadRequest, Busy, Forbidden, LivesightError, Unauthorized, UnknownStream
-from stream.spec import check_name, parse_source
+from stream.policy import SourcePolicy
+from stream.spec import check_name
 from web import protocol
 from web.auth import Authenticator, Principal
 from web.protocol import (
@@ -59,6 +62,7 @@ class ClientConnection:
         engine: Engine,
         auth: Authenticator,
         *,
+        policy: SourcePolicy | None = None,
         outbox: int = OUTBOX,
         outbox_bytes: int = OUTBOX_BYTES,
         clock: Callable[[], float] = time.time,
@@ -68,6 +72,7 @@ class ClientConnection:
         self.address = str(ws.remote_address[0]) if ws.remote_address else "unknown"
         self.principal: Principal | None = None
         self._auth = auth
+        self._policy = policy or SourcePolicy()
         self._clock = clock
         self._limit, self._limit_bytes = outbox, outbox_bytes
         self._outbox: deque[str] = deque()
@@ -77,7 +82,7 @@ class ClientConnection:
         self._sent.set()
         self._active: dict[str, Question] = {}
         self._subscribed: set[str] = set()
-        self._removals: set[asyncio.Task[None]] = set()
+        self._changes: set[asyncio.Task[None]] = set()  # stream additions and removals under way
         self._closing = False
         self._sender: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None  # the cut-off of a client too slow to read
@@ -155,9 +160,9 @@ class ClientConnection:
             self._cancel_all()
             for name in self._subscribed:
                 self.engine.unsubscribe(name, self._on_status)
-            if self._removals:
+            if self._changes:
                 # A removal is not cancelled halfway: it would leave a source unclosed. They are short.
-                await asyncio.wait(self._removals, timeout=10.0)
+                await asyncio.wait(self._changes, timeout=10.0)
             if self.ws.state.name == "OPEN" and not self._closing:
                 # Let what is queued (an auth error, say) go out before the connection closes.
                 await self.flush(2.0)
@@ -212,14 +217,10 @@ class ClientConnection:
                 self.send(protocol.streams([s for s in self.engine.streams_info() if self._sees(s.name)]))
             elif isinstance(msg, AddStream):
                 self._admin("add streams")
-                self._add_stream(msg)
+                self._start(self._add_stream(msg), f"add-stream:{msg.name}")
             elif isinstance(msg, RemoveStream):
                 self._admin("remove streams")
-                task = asyncio.get_running_loop().create_task(
-                    self._remove_stream(msg), name=f"remove-stream:{msg.name}:{id(self)}"
-                )
-                self._removals.add(task)
-                task.add_done_callback(self._removals.discard)
+                self._start(self._remove_stream(msg), f"remove-stream:{msg.name}")
             elif isinstance(msg, Subscribe):
                 self._visible(msg.stream)
                 if msg.stream not in self._subscribed and len(self._subscribed) >= MAX_SUBSCRIPTIONS:
@@ -271,10 +272,20 @@ class ClientConnection:
             del self._active[msg.id]
             raise
 
-    def _add_stream(self, msg: AddStream) -> None:
-        # The name is checked first: parse_source would read an invalid one as part of the URL.
-        spec = parse_source(f"{check_name(msg.name)}={msg.url}")
-        self.engine.add_stream(spec)
+    def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=f"{name}:{id(self)}")
+        self._changes.add(task)
+        task.add_done_callback(self._changes.discard)
+
+    async def _add_stream(self, msg: AddStream) -> None:
+        try:
+            # The name is checked first: parsing would read an invalid one as part of the URL. The policy
+            # may resolve a camera's host name, which blocks: off the loop.
+            spec = await asyncio.to_thread(self._policy.parse, f"{check_name(msg.name)}={msg.url}")
+            self.engine.add_stream(spec)
+        except LivesightError as exc:
+            self._error(msg.id, exc)
+            return
         self.send(protocol.stream_added(msg.id, spec.name, spec.display_url))
 
     async def _remove_stream(self, msg: RemoveStream) -> None:

@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 
 from engine.engine import Engine
 from errors import Unauthorized
+from stream.policy import SourcePolicy
 from web.auth import Authenticator
 from web.connection import OUTBOX, OUTBOX_BYTES, ClientConnection
 from web.plain_http import connection_class
@@ -95,6 +96,7 @@ class App:
         outbox_bytes: int = OUTBOX_BYTES,
         hosts: HostCheck | None = None,
         limits: Limits | None = None,
+        policy: SourcePolicy | None = None,
     ) -> None:
         self.auth = auth
         self.outbox = outbox
@@ -102,6 +104,7 @@ class App:
         self.model_id = model_id
         self.hosts = hosts or HostCheck()
         self.limits = limits or Limits()
+        self.policy = policy or SourcePolicy()
         self.engine: Engine | None = None
         self.failure: str | None = None
         self._server: Server | None = None
@@ -175,7 +178,9 @@ class App:
         if self._refuse_over_limit(address) is not None:  # handshakes that raced past process_request
             await ws.close(1013, "too many connections")
             return
-        client = ClientConnection(ws, engine, self.auth, outbox=self.outbox, outbox_bytes=self.outbox_bytes)
+        client = ClientConnection(
+            ws, engine, self.auth, policy=self.policy, outbox=self.outbox, outbox_bytes=self.outbox_bytes
+        )
         self._clients.add(client)
         self._per_address[address] += 1
         try:

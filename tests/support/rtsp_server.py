@@ -5,6 +5,9 @@ from the project's virtual environment. It prints ``READY <url>`` (credentials l
 then serves until killed.
 
     /usr/bin/python3 tests/support/rtsp_server.py --port 8554 [--user U --password P] [--width 1920 ...]
+
+``--protocols udp`` plays a camera that streams over UDP only (it refuses RTP interleaved over the RTSP
+TCP connection with 461 Unsupported Transport); ``tcp`` one that streams over TCP only.
 """
 
 from __future__ import annotations
@@ -15,8 +18,15 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+
+PROTOCOLS = {
+    "any": GstRtsp.RTSPLowerTrans.UDP | GstRtsp.RTSPLowerTrans.UDP_MCAST | GstRtsp.RTSPLowerTrans.TCP,
+    "udp": GstRtsp.RTSPLowerTrans.UDP,
+    "tcp": GstRtsp.RTSPLowerTrans.TCP,
+}
 
 
 def launch_line(args: argparse.Namespace) -> str:
@@ -44,6 +54,7 @@ def main() -> int:
     p.add_argument("--bitrate", type=int, default=1000, help="kbit/s")
     p.add_argument("--pattern", default="ball")
     p.add_argument("--file", help="serve this H.264 MP4 instead of a generated scene (played once)")
+    p.add_argument("--protocols", choices=sorted(PROTOCOLS), default="any", help="lower transports allowed")
     args = p.parse_args()
 
     Gst.init(None)
@@ -53,6 +64,7 @@ def main() -> int:
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(launch_line(args))
     factory.set_shared(True)  # one pipeline for every client, as a camera has
+    factory.set_protocols(PROTOCOLS[args.protocols])
     if args.user is not None:
         auth = GstRtspServer.RTSPAuth()
         token = GstRtspServer.RTSPToken()

@@ -18,6 +18,7 @@ from engine.engine import Engine, EngineSettings, SourceFactory
 from engine.events import StreamInfo
 from models.adapter import ModelAdapter
 from stream.factory import make_source
+from stream.policy import SourcePolicy
 from stream.spec import parse_source
 from web.auth import Authenticator, Viewer
 from web.server import WS_PATH, App, HostCheck, Limits
@@ -55,6 +56,7 @@ async def running_server(
     viewers: Sequence[Viewer] = (),
     hosts: HostCheck | None = None,
     limits: Limits | None = None,
+    policy: SourcePolicy | None = None,
 ) -> AsyncIterator[Server]:
     """A real App + Engine listening on a free loopback port, torn down afterwards."""
     app = App(
@@ -64,6 +66,7 @@ async def running_server(
         outbox_bytes=outbox_bytes,
         hosts=hosts,
         limits=limits,
+        policy=policy,
     )
     await app.listen("127.0.0.1", 0)
     engine = Engine(adapter, settings, make or source_factory(lossless=lossless))
