@@ -24,6 +24,8 @@ class Segment:
         extras: per-token attributes a model family needs, each ``[T, ...]`` (e.g. 3-D positions),
             carried through every merge and eviction with the same assignment as ``tokens``.
         tier: compression level (0 = native tokens).
+        wall_start, wall_end: wall-clock capture times (seconds since the epoch) of its first and last
+            frame, when the source knows them (live sources); None for files.
     """
 
     id: int
@@ -35,6 +37,8 @@ class Segment:
     sizes: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     tier: int = 0
+    wall_start: float | None = None
+    wall_end: float | None = None
 
     def __post_init__(self) -> None:
         n = self.tokens.shape[0]

@@ -16,9 +16,10 @@ ALLOWED: dict[str, set[str]] = {
     "memory": {"errors"},
     "stream": {"errors"},
     "models": {"errors", "memory"},
-    "engine": {"errors", "memory", "stream", "models"},
-    "web": {"errors", "memory", "stream", "models", "engine"},
-    "livesight": {"errors", "memory", "stream", "models", "engine", "web"},
+    "store": {"errors", "memory"},
+    "engine": {"errors", "memory", "stream", "models", "store"},
+    "web": {"errors", "memory", "stream", "models", "engine", "store"},
+    "livesight": {"errors", "memory", "stream", "models", "engine", "web", "store"},
 }
 
 
