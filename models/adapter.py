@@ -109,11 +109,16 @@ class ModelAdapter(Protocol):
         question: str,
         max_new_tokens: int,
         cancel: threading.Event,
+        *,
+        recalled: Sequence[Segment] = (),
+        detail: np.ndarray | None = None,
     ) -> Iterator[str]:
         """Answer ``question`` after ``turns`` over the cached context, yielding text pieces.
 
-        Stops at the end of the answer, after ``max_new_tokens`` tokens, or soon after ``cancel`` is set.
-        Leaves ``prefix`` as it found it.
+        ``recalled`` segments (archived clips, time order) and the ``detail`` frame (``[H, W, 3]`` uint8,
+        shown at high resolution) go between the cached prefix and the question: the prefix itself is reused
+        untouched. Stops at the end of the answer, after ``max_new_tokens`` tokens, or soon after ``cancel``
+        is set. Leaves ``prefix`` as it found it.
         """
         ...
 
@@ -137,3 +142,19 @@ class SupportsGuided(Protocol):
     def language_model(self) -> tuple[Any, Any]:
         """``(decoder, lm_head)``: a transformers decoder with ``layers``, ``rotary_emb`` and ``norm``."""
         ...
+
+
+@runtime_checkable
+class SupportsRecall(Protocol):
+    """Recall scored by the model itself (:mod:`models.probe`): keys kept per archived clip, queries per
+    question."""
+
+    def recall_keys(self, segment: Segment) -> torch.Tensor: ...
+    def recall_queries(self, question: str) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class SupportsYesNo(Protocol):
+    """A yes/no question answered as a probability on the cached prefix, without generating (watches)."""
+
+    def yes_probability(self, prefix: Prefix, question: str) -> float: ...

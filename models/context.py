@@ -30,7 +30,9 @@ from transformers import DynamicCache
 
 from errors import TooLarge
 from memory.segment import Segment
+from models import probe
 from models.adapter import Encoded, Prefix, Turn
+from models.prompts import DETAIL, RECALLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,25 @@ class EmbeddingContext:
         self.max_positions = int(model.config.text_config.max_position_embeddings)
         stops = {tokenizer.convert_tokens_to_ids(end_of_turn), tokenizer.eos_token_id}
         self.stop_token_ids = frozenset(int(t) for t in stops if isinstance(t, int) and t >= 0)
+
+    # --- the language model's parts ----------------------------------------------------------------
+    def decoder(self) -> Any:
+        """The language model's decoder (a transformers module with ``layers``, ``rotary_emb``, ``norm``)."""
+        inner = self.model.model
+        return getattr(inner, "text_model", None) or inner.language_model
+
+    # --- reading the model without generating (models/probe.py) ------------------------------------
+    def recall_keys(self, segment: Segment) -> torch.Tensor:
+        """``[P, d]`` float16 keys summarising ``segment`` for recall (see :mod:`models.probe`)."""
+        return probe.clip_keys(self, segment)
+
+    def recall_queries(self, question: str) -> torch.Tensor:
+        """``[P, T, d]`` queries of ``question`` to score recall keys with (see :mod:`models.probe`)."""
+        return probe.question_queries(self, question)
+
+    def yes_probability(self, prefix: Prefix, question: str) -> float:
+        """P(yes) against P(no) as the answer to ``question`` on the cached prefix (see :mod:`models.probe`)."""
+        return probe.yes_probability(self, own(prefix), question)
 
     # --- hooks a family supplies ---------------------------------------------------------------
     def encode(self, images: Sequence[np.ndarray]) -> Encoded:
@@ -359,26 +380,52 @@ class EmbeddingContext:
         return self.extend_prefix(prefix, segments[keep:])
 
     @torch.inference_mode()
-    def question_logits(self, prefix: EmbeddingPrefix, turns: Sequence[Turn], question: str) -> torch.Tensor:
-        """``[L, V]`` logits of the question suffix computed on the cached prefix (the cache is restored)."""
+    def question_logits(
+        self, prefix: EmbeddingPrefix, turns: Sequence[Turn], question: str, extra: Sequence[Piece] = ()
+    ) -> torch.Tensor:
+        """``[L, V]`` logits of the question suffix computed on the cached prefix after ``extra`` pieces
+        (the cache is restored)."""
+        n_extra = self.assemble(extra, prefix.next_position).length if extra else 0
         try:
             logits, _ = self._prefill(
-                [self.suffix_text(turns, question)], prefix.cache, prefix.next_position, all_logits=True
+                [*extra, self.suffix_text(turns, question)], prefix.cache, prefix.next_position, all_logits=True
             )
         finally:
             restore(prefix)
-        return logits[0]
+        return logits[0, n_extra:]
 
     @torch.inference_mode()
-    def full_logits(self, segments: Sequence[Segment], turns: Sequence[Turn], question: str) -> torch.Tensor:
+    def full_logits(
+        self, segments: Sequence[Segment], turns: Sequence[Turn], question: str, extra: Sequence[Piece] = ()
+    ) -> torch.Tensor:
         """``[L, V]`` logits of the question suffix from one forward pass over everything (no reuse)."""
         pieces: list[Piece] = [self.head_text()]
         for seg in segments:
             pieces.extend(self.segment_pieces(seg))
+        pieces.extend(extra)
         n_prefix = self.assemble(pieces, 0).length
         pieces.append(self.suffix_text(turns, question))
         logits, _ = self._prefill(pieces, DynamicCache(), 0, all_logits=True)
         return logits[0, n_prefix:]
+
+    def context_pieces(self, recalled: Sequence[Segment], detail: np.ndarray | None) -> list[Piece]:
+        """What a question adds between the cached prefix and itself: archived clips recalled for it (with
+        their time labels) and the newest frame in detail. Empty when there is neither."""
+        pieces: list[Piece] = []
+        if recalled:
+            pieces.append(RECALLED)
+            for seg in recalled:
+                pieces.extend(self.segment_pieces(seg))
+        if detail is not None:
+            pieces.append(DETAIL)
+            pieces.extend(self.detail_pieces(detail))
+        return pieces
+
+    def detail_pieces(self, image: np.ndarray) -> list[Piece]:
+        """The newest frame ``[H, W, 3]`` in detail. This default encodes it at the model's own frame size
+        (what memory merged away); families with image splitting or dynamic resolution do better."""
+        encoded = self.encode([image])
+        return [Visual(encoded.tokens[0], {k: v[0] for k, v in encoded.extras.items()}), "\n"]
 
     @torch.inference_mode()
     def generate_ids(
@@ -388,16 +435,21 @@ class EmbeddingContext:
         question: str,
         max_new_tokens: int,
         cancel: threading.Event,
+        *,
+        extra: Sequence[Piece] = (),
     ) -> Iterator[int]:
-        """Greedy decoding on the cached prefix; yields token ids; restores the cache when done.
+        """Greedy decoding on the cached prefix, after ``extra`` pieces (see :meth:`context_pieces`); yields
+        token ids; restores the cache when done.
 
-        Earlier turns are dropped, oldest first, when the prefix, the question and ``max_new_tokens`` would
-        not fit in the model's positions; :class:`TooLarge` if even the question alone does not fit.
+        Earlier turns are dropped, oldest first, when the prefix, the extra pieces, the question and
+        ``max_new_tokens`` would not fit in the model's positions; :class:`TooLarge` if even the question
+        alone does not fit.
         """
         cache = prefix.cache
-        suffix = self.fit_suffix(prefix, turns, question, max_new_tokens)
+        after = self.assemble(extra, prefix.next_position).end if extra else prefix.next_position
+        suffix = self.fit_suffix(prefix, turns, question, max_new_tokens, start=after)
         try:
-            logits, chunk = self._prefill([suffix], cache, prefix.next_position)
+            logits, chunk = self._prefill([*extra, suffix], cache, prefix.next_position)
             pos = chunk.end
             for _ in range(max_new_tokens):
                 if cancel.is_set():
@@ -412,19 +464,29 @@ class EmbeddingContext:
         finally:
             restore(prefix)
 
-    def fit_suffix(self, prefix: EmbeddingPrefix, turns: Sequence[Turn], question: str, max_new_tokens: int) -> str:
-        """The question suffix with as many recent turns as fit in ``max_positions``."""
+    def fit_suffix(
+        self,
+        prefix: EmbeddingPrefix,
+        turns: Sequence[Turn],
+        question: str,
+        max_new_tokens: int,
+        *,
+        start: int | None = None,
+    ) -> str:
+        """The question suffix with as many recent turns as fit in ``max_positions`` when it starts at
+        position ``start`` (default: right after the prefix)."""
         turns = list(turns)
+        base = prefix.next_position if start is None else start
         while True:
             text = self.suffix_text(turns, question)
             if self.max_positions is None:
                 return text
-            need = prefix.next_position + len(self.tokenize(text)) + max_new_tokens
+            need = base + len(self.tokenize(text)) + max_new_tokens
             if need <= self.max_positions:
                 return text
             if not turns:
                 raise TooLarge(
-                    f"the question and {max_new_tokens} new tokens do not fit after {prefix.next_position} tokens "
+                    f"the question and {max_new_tokens} new tokens do not fit after {base} tokens "
                     f"of context (the model takes {self.max_positions}); ask a shorter question or fewer tokens"
                 )
             turns.pop(0)
@@ -436,9 +498,13 @@ class EmbeddingContext:
         question: str,
         max_new_tokens: int,
         cancel: threading.Event,
+        *,
+        recalled: Sequence[Segment] = (),
+        detail: np.ndarray | None = None,
     ) -> Iterator[str]:
         """Greedy answer as text pieces, decoded incrementally (never splitting a UTF-8 character)."""
-        return self.text_pieces(self.generate_ids(own(prefix), turns, question, max_new_tokens, cancel))
+        extra = self.context_pieces(recalled, detail)
+        return self.text_pieces(self.generate_ids(own(prefix), turns, question, max_new_tokens, cancel, extra=extra))
 
     def text_pieces(self, tokens: Iterable[int]) -> Iterator[str]:
         """Token ids -> text pieces as soon as they decode to whole characters."""

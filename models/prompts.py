@@ -22,6 +22,12 @@ INTRO = (
 )
 
 
+#: Before archived clips recalled for a question (placed after the cached memory, before the question).
+RECALLED = "\nEarlier moments, recalled from the archive for this question:\n"
+#: Before the newest frame shown in detail.
+DETAIL = "\nThe newest frame, in detail:\n"
+
+
 def clock(t: float) -> str:
     """Stream seconds as ``H:MM:SS`` (rounded to the second)."""
     s = max(0, round(t))

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
@@ -17,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.uri import parse_uri
 
 from engine.engine import EngineSettings
+from memory.segment import Segment
 from models.adapter import Prefix, Turn
 from models.families.smolvlm import SmolVLMAdapter
 from tests.support.server import TOKEN, client, running_server, wait_for_frames
@@ -35,13 +37,23 @@ class RecordingAdapter(SmolVLMAdapter):
         self.ended: dict[str, tuple[int, bool]] = {}  # question -> (pieces generated, cancelled)
 
     def generate(
-        self, prefix: Prefix, turns: Sequence[Turn], question: str, max_new_tokens: int, cancel: threading.Event
+        self,
+        prefix: Prefix,
+        turns: Sequence[Turn],
+        question: str,
+        max_new_tokens: int,
+        cancel: threading.Event,
+        *,
+        recalled: Sequence[Segment] = (),
+        detail: np.ndarray | None = None,
     ) -> Iterator[str]:
         self.turns_seen[question] = tuple(turns)
         if question == FAIL:
             raise RuntimeError("simulated failure inside the model")
         n = 0
-        for piece in super().generate(prefix, turns, question, max_new_tokens, cancel):
+        for piece in super().generate(
+            prefix, turns, question, max_new_tokens, cancel, recalled=recalled, detail=detail
+        ):
             n += 1
             yield piece
         self.ended[question] = (n, cancel.is_set())

@@ -10,12 +10,14 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.uri import parse_uri
 
 from engine.engine import EngineSettings
+from memory.segment import Segment
 from models.adapter import Prefix, Turn
 from models.families.smolvlm import SmolVLMAdapter
 from tests.support.server import TOKEN, Server, client, http_request, running_server, until, wait_for_frames
@@ -31,7 +33,15 @@ class Chatty(SmolVLMAdapter):
         self.ended: dict[str, bool] = {}  # question -> cancelled
 
     def generate(
-        self, prefix: Prefix, turns: Sequence[Turn], question: str, max_new_tokens: int, cancel: Any
+        self,
+        prefix: Prefix,
+        turns: Sequence[Turn],
+        question: str,
+        max_new_tokens: int,
+        cancel: Any,
+        *,
+        recalled: Sequence[Segment] = (),
+        detail: np.ndarray | None = None,
     ) -> Iterator[str]:
         for _ in range(max_new_tokens):
             if cancel.wait(0.005):  # the model's time per token (inference thread)

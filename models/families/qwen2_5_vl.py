@@ -61,11 +61,13 @@ class QwenVLAdapter(EmbeddingContext):
         self.encode_batch = encode_batch or (8 if self.device.type == "cpu" else 64)
 
     # --- encoding ------------------------------------------------------------------------------
-    def pixels(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames -> the vision tower's inputs: flat patches and ``grid_thw [F, 3]`` (one temporal patch each)."""
+    def pixels(self, images: Sequence[np.ndarray], size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames -> the vision tower's inputs: flat patches and ``grid_thw [F, 3]`` (one temporal patch each),
+        at the adapter's frame size or ``size`` (a multiple of patch x merge)."""
+        side = size or self._size
         return patchify(
             images,
-            (self._size, self._size),
+            (side, side),
             self._mean,
             self._std,
             patch=self._patch,
@@ -78,19 +80,22 @@ class QwenVLAdapter(EmbeddingContext):
         return out.pooler_output, {}
 
     @torch.inference_mode()
-    def encode(self, images: Sequence[np.ndarray]) -> Encoded:
+    def encode(self, images: Sequence[np.ndarray], size: int | None = None) -> Encoded:
         """``F`` frames -> ``tokens [F, N, D]`` and ``extras["mrope"] [F, N, 3]`` int64 grid offsets
-        (plus whatever :meth:`_vision` adds: Qwen3-VL's DeepStack features)."""
+        (plus whatever :meth:`_vision` adds: Qwen3-VL's DeepStack features). ``size``: encode at another
+        resolution than the memory's (a multiple of patch x merge; more tokens per frame)."""
+        unit = self._patch * self._merge
+        side = (size or self._size) // unit
         tokens: list[torch.Tensor] = []
         extras: dict[str, list[torch.Tensor]] = {}
-        n = self.tokens_per_frame
+        n = side * side
         for i in range(0, len(images), self.encode_batch):
             chunk = images[i : i + self.encode_batch]
-            pooled, more = self._vision(*self.pixels(chunk))
+            pooled, more = self._vision(*self.pixels(chunk, side * unit))
             tokens.append(pooled.reshape(len(chunk), n, -1))
             for key, value in more.items():
                 extras.setdefault(key, []).append(value.reshape(len(chunk), n, *value.shape[1:]))
-        offsets = grid_offsets(self._side, self._side, self.device)
+        offsets = grid_offsets(side, side, self.device)
         out = {k: torch.cat(v, dim=0) for k, v in extras.items()}
         out["mrope"] = offsets.unsqueeze(0).expand(len(images), -1, -1).contiguous()
         return Encoded(tokens=torch.cat(tokens, dim=0), extras=out)
@@ -110,6 +115,13 @@ class QwenVLAdapter(EmbeddingContext):
 
     def suffix_text(self, turns: Sequence[Turn], question: str) -> str:
         return CHAT.suffix(turns, question)
+
+    def detail_pieces(self, image: np.ndarray) -> list[Piece]:
+        """The frame at twice the memory's resolution (four times the tokens): Qwen's vision tower takes any
+        grid (dynamic resolution), and M-RoPE places it on its own."""
+        encoded = self.encode([image], size=2 * self._size)
+        extras = {k: v[0] for k, v in encoded.extras.items()}
+        return [START, Visual(encoded.tokens[0], extras), END + "\n"]
 
     # --- positions -----------------------------------------------------------------------------
     def positions(self, start: int, length: int) -> torch.Tensor:

@@ -7,9 +7,11 @@ the time span of every segment it is shown.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, SmolVLMConfig, SmolVLMForConditionalGeneration
@@ -23,6 +25,7 @@ from models.registry import FamilySpec, Tokens
 
 FAKE, GLOBAL, IMAGE = "<fake_token_around_image>", "<global-img>", "<image>"
 ENCODE_BATCH = 8  # frames per vision forward; bounds peak memory on a CPU
+DETAIL_TILES = 3  # tiles along the longer side of a frame shown in detail (3 x 2 for 16:9: 448 tokens at 512 px)
 CHAT = SMOLVLM
 
 
@@ -72,10 +75,29 @@ class SmolVLMAdapter(EmbeddingContext):
     def suffix_text(self, turns: Sequence[Turn], question: str) -> str:
         return CHAT.suffix(turns, question)
 
+    def detail_pieces(self, image: np.ndarray) -> list[Piece]:
+        """The frame split into tiles at the encoder's size (at most :data:`DETAIL_TILES` along its longer
+        side) plus the whole frame, laid out as SmolVLM's own image splitting does (``<row_R_col_C>`` before
+        each tile, the global image last)."""
+        h, w = image.shape[:2]
+        scale = min(1.0, DETAIL_TILES * self._size / max(h, w))
+        rows, cols = max(1, math.ceil(h * scale / self._size)), max(1, math.ceil(w * scale / self._size))
+        grid = cv2.resize(image, (cols * self._size, rows * self._size), interpolation=cv2.INTER_AREA)
+        s = self._size
+        tiles = [grid[r * s : (r + 1) * s, c * s : (c + 1) * s] for r in range(rows) for c in range(cols)]
+        tokens = self.encode([*tiles, image]).tokens
+        pieces: list[Piece] = []
+        for i in range(rows * cols):
+            r, c = divmod(i, cols)
+            pieces += [f"{FAKE}<row_{r + 1}_col_{c + 1}>", tokens[i]]
+            if c == cols - 1:
+                pieces.append("\n")
+        return [*pieces, f"\n{FAKE}{GLOBAL}", tokens[-1], FAKE]
+
     # --- language model ------------------------------------------------------------------------
     def language_model(self) -> tuple[Any, Any]:
         """``(decoder, lm_head)`` for question-guided prefill (:mod:`models.guided`)."""
-        return self.model.model.text_model, self.model.lm_head
+        return self.decoder(), self.model.lm_head
 
 
 # --- built-in configurations -----------------------------------------------------------------------
