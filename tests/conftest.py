@@ -9,6 +9,7 @@ import pytest
 from engine.engine import EngineSettings
 from models.families.smolvlm import SmolVLMAdapter
 from models.loader import choose_placement, load_model
+from tests.support.page import SAVED, Shots, shots_folder
 from tests.support.server import Server, running_server
 
 
@@ -30,3 +31,18 @@ async def srv(tiny: SmolVLMAdapter, request: pytest.FixtureRequest) -> AsyncIter
     settings = EngineSettings(fps=options.get("fps", 2.0))
     async with running_server(tiny, settings, options.get("sources", ()), policy=options.get("policy")) as server:
         yield server
+
+
+@pytest.fixture
+def shots(request: pytest.FixtureRequest) -> Shots:
+    """Screenshots of the page's checked states, kept in test-artifacts/page/<test>/ (listed at the end of
+    the run, and printed with the test's output)."""
+    folder = shots_folder(request.node.name)
+    print(f"page screenshots: {folder}")
+    return Shots(folder)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for folder in dict.fromkeys(SAVED):
+        if any(folder.glob("*.png")):
+            terminalreporter.write_line(f"page screenshots: {folder}")

@@ -3,7 +3,6 @@ stream's status and memory, and a question asked through the page gets its answe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,13 @@ from engine.engine import EngineSettings
 from models.families.smolvlm import SmolVLMAdapter
 from stream.webrtc import WebRTCSource
 from tests.support.chromium import Chromium
+from tests.support.page import Shots, js
 from tests.support.server import TOKEN, info, running_server, until
 from tests.support.webrtc_peer import loopback_ice
 
 
-def js(value: str) -> str:
-    return json.dumps(value)
-
-
 async def test_page_publishes_the_webcam_and_streams_an_answer(
-    tiny: SmolVLMAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: SmolVLMAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shots: Shots
 ) -> None:
     loopback_ice(monkeypatch)
     monkeypatch.setattr(stream.webrtc, "STALL_S", 2.0)
@@ -46,6 +42,7 @@ async def test_page_publishes_the_webcam_and_streams_an_answer(
         # The page follows the stream it published: status pushed, memory from `streams`.
         await page.wait_for("$('stream').value === 'browser' && $('state').textContent === 'live'", 10, "live")
         await page.wait_for("/memory [1-9]/.test($('memory').textContent)", 10, "memory on the page")
+        await shots.take(page, "publishing")
         first = srv.engine.source("browser")
         assert isinstance(first, WebRTCSource)
 
@@ -60,6 +57,7 @@ async def test_page_publishes_the_webcam_and_streams_an_answer(
         # A follow-up in the same conversation.
         await page.evaluate("$('question').value = 'And now?'; $('ask').requestSubmit()")
         await page.wait_for("$('answer-p2') && $('answer-p2').dataset.done === '1'", 60, "the second answer")
+        await shots.take(page, "answered")
         # The page logs what it showed; Chromium writes console lines to its stderr.
         assert text
         assert any(f'"livesight answer: {text}"' in line for line in page.stderr)

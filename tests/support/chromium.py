@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -81,20 +82,58 @@ class Chromium:
                 return str(pages[0]["webSocketDebuggerUrl"])
             await asyncio.sleep(0.1)
 
-    async def evaluate(self, expression: str) -> Any:
-        """The value of a JavaScript expression in the page (promises awaited)."""
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """One DevTools protocol command on the page; its result (events in between are dropped: none is
+        enabled)."""
         assert self._cdp is not None
         msg_id = next(self._ids)
-        params = {"expression": expression, "awaitPromise": True, "returnByValue": True}
-        await self._cdp.send(json.dumps({"id": msg_id, "method": "Runtime.evaluate", "params": params}))
+        await self._cdp.send(json.dumps({"id": msg_id, "method": method, "params": params}))
         while True:
             reply = json.loads(await asyncio.wait_for(self._cdp.recv(), 30))
             if reply.get("id") == msg_id:
                 break
-        result = reply.get("result", {})
+        if "error" in reply:
+            raise AssertionError(f"{method} failed: {reply['error']}")
+        return dict(reply.get("result", {}))
+
+    async def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (promises awaited)."""
+        result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
         if "exceptionDetails" in result:
             raise AssertionError(f"{expression!r} threw: {result['exceptionDetails']}")
         return result.get("result", {}).get("value")
+
+    async def viewport(self, width: int, height: int) -> None:
+        """Lay the page out as a ``width`` x ``height`` CSS-pixel window (a desktop one: no mobile zoom)."""
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        await self.call("Emulation.setDeviceMetricsOverride", **metrics)
+        await self.wait_for(f"innerWidth === {width} && innerHeight === {height}", 10, f"a {width}x{height} viewport")
+
+    async def screenshot(self, path: Path) -> bytes:
+        """Save what the viewport shows as a PNG at ``path``; returns its bytes."""
+        png = base64.b64decode((await self.call("Page.captureScreenshot", format="png"))["data"])
+        await asyncio.to_thread(_write, path, png)
+        return png
+
+    async def click(self, element: str) -> None:
+        """A real left click (mouse events, as a user's) at the centre of ``element``, a JavaScript expression
+        for an element, scrolled into view first."""
+        x, y = await self.evaluate(
+            f"(() => {{ const el = {element}; el.scrollIntoView({{block: 'center', inline: 'center'}});"
+            " const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    async def type_text(self, text: str) -> None:
+        """Type ``text`` into the focused element."""
+        await self.call("Input.insertText", text=text)
+
+    async def press_enter(self) -> None:
+        """The Enter key, down and up, on the focused element."""
+        key = {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "nativeVirtualKeyCode": 13}
+        await self.call("Input.dispatchKeyEvent", type="keyDown", text="\r", **key)
+        await self.call("Input.dispatchKeyEvent", type="keyUp", **key)
 
     async def wait_for(self, expression: str, timeout: float, what: str) -> Any:
         loop = asyncio.get_running_loop()
@@ -130,6 +169,11 @@ class Chromium:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def _get(url: str) -> bytes:

@@ -57,8 +57,9 @@ async def running_server(
     hosts: HostCheck | None = None,
     limits: Limits | None = None,
     policy: SourcePolicy | None = None,
+    port: int = 0,
 ) -> AsyncIterator[Server]:
-    """A real App + Engine listening on a free loopback port, torn down afterwards."""
+    """A real App + Engine listening on loopback ``port`` (0: a free one), torn down afterwards."""
     app = App(
         Authenticator(TOKEN, viewers),
         adapter.model_id,
@@ -68,7 +69,7 @@ async def running_server(
         limits=limits,
         policy=policy,
     )
-    await app.listen("127.0.0.1", 0)
+    await app.listen("127.0.0.1", port)
     engine = Engine(adapter, settings, make or source_factory(lossless=lossless))
     try:
         await engine.start([parse_source(s) for s in sources])
