@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -64,6 +65,14 @@ class Prefix(Protocol):
     def end(self) -> float | None: ...
 
     @property
+    def wall_start(self) -> float | None:
+        """Wall-clock time (seconds since the epoch) the first segment starts at, for live streams."""
+        ...
+
+    @property
+    def wall_end(self) -> float | None: ...
+
+    @property
     def frames(self) -> int: ...
 
     @property
@@ -80,6 +89,7 @@ class ModelAdapter(Protocol):
     tokens_per_frame: int  # native visual tokens per frame, before any compression
     default_budget: int  # a sensible in-context token budget for this model
     max_positions: int | None  # the language model's context window in positions, when it has one
+    timezone: tzinfo  # where live streams' time labels are read (set by the server from its configuration)
 
     def encode(self, images: Sequence[np.ndarray]) -> Encoded:
         """Encode ``F`` RGB frames (each ``[H, W, 3]`` uint8) to visual tokens."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,8 @@ class EmbeddingPrefix:
     head_position: int = 0
     start: float | None = None
     end: float | None = None
+    wall_start: float | None = None  # wall-clock span of the segments, when they carry one
+    wall_end: float | None = None
     frames: int = 0
     visual_tokens: int = 0
     meta: dict[str, object] = field(default_factory=dict)
@@ -166,6 +169,8 @@ class EmbeddingContext:
         self.max_positions = int(model.config.text_config.max_position_embeddings)
         stops = {tokenizer.convert_tokens_to_ids(end_of_turn), tokenizer.eos_token_id}
         self.stop_token_ids = frozenset(int(t) for t in stops if isinstance(t, int) and t >= 0)
+        # Where live streams' time labels are read: the machine's zone until the server sets its own.
+        self.timezone: tzinfo = datetime.now().astimezone().tzinfo or timezone.utc
 
     # --- the language model's parts ----------------------------------------------------------------
     def decoder(self) -> Any:
@@ -343,6 +348,8 @@ class EmbeddingContext:
             prefix.segment_ids = (*prefix.segment_ids, seg.id)
             prefix.start = seg.start if prefix.start is None else prefix.start
             prefix.end = seg.end
+            prefix.wall_start = seg.wall_start if prefix.wall_start is None else prefix.wall_start
+            prefix.wall_end = seg.wall_end
             prefix.frames += seg.frames
             prefix.visual_tokens += seg.num_tokens
         return prefix
@@ -375,6 +382,8 @@ class EmbeddingContext:
             kept = segments[:keep]
             prefix.start = kept[0].start if kept else None
             prefix.end = kept[-1].end if kept else None
+            prefix.wall_start = kept[0].wall_start if kept else None
+            prefix.wall_end = kept[-1].wall_end if kept else None
             prefix.frames = sum(s.frames for s in kept)
             prefix.visual_tokens = sum(s.num_tokens for s in kept)
         return self.extend_prefix(prefix, segments[keep:])

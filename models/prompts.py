@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 
 from memory.segment import Segment
 from models.adapter import Turn
 
-#: What the model is told before the video: it reads segments oldest first, each with its time.
+#: What the model is told before the video: it reads segments oldest first, each with its time (the clock
+#: time it was seen for a live stream, the time into the video for a file).
 INTRO = (
     "You are watching a live video stream. These are its latest moments, oldest first, each marked with "
-    "its time (H:MM:SS from the start of the stream).\n"
+    "the time it was seen.\n"
 )
 
 
@@ -34,13 +36,31 @@ def clock(t: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def wall_clock(t: float, tz: tzinfo) -> str:
+    """Wall-clock seconds since the epoch as local ``HH:MM:SS`` in ``tz``."""
+    return datetime.fromtimestamp(t, tz).strftime("%H:%M:%S")
+
+
+def span_times(segment: Segment, tz: tzinfo) -> tuple[str, str]:
+    """A segment's first and last time as the model reads them: the local clock time for a live stream
+    (``14:03:12``), the time into the stream for a file (``0:01:23``)."""
+    if segment.wall_start is not None and segment.wall_end is not None:
+        return wall_clock(segment.wall_start, tz), wall_clock(segment.wall_end, tz)
+    return clock(segment.start), clock(segment.end)
+
+
 def span_label(
-    segment: Segment, *, one: str = "Frame at {start}", many: str = "{frames} frames from {start} to {end}"
+    segment: Segment,
+    tz: tzinfo,
+    *,
+    one: str = "Frame at {start}",
+    many: str = "{frames} frames from {start} to {end}",
 ) -> str:
     """A segment's time label: ``one`` for a single frame, ``many`` for a merged run of frames, with
-    ``{start}``, ``{end}`` (as :func:`clock`) and ``{frames}`` filled in."""
+    ``{start}``, ``{end}`` (as :func:`span_times`) and ``{frames}`` filled in."""
+    start, end = span_times(segment, tz)
     template = one if segment.frames == 1 else many
-    return template.format(start=clock(segment.start), end=clock(segment.end), frames=segment.frames)
+    return template.format(start=start, end=end, frames=segment.frames)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,7 @@ class DemoSource(ThreadedSource):
 
     def __init__(self, name: str, fps: float, *, lossless: bool = False, duration: float | None = None) -> None:
         super().__init__(name, "demo", fps, lossless=lossless)
+        self.wall_clock = not lossless  # at real pace the scene is live; read as fast as possible, a recording
         self._duration = duration
 
     def _run(self) -> None:

@@ -159,6 +159,7 @@ class RtspSource(ThreadedSource):
         wall: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name, redact(url), fps)
+        self.wall_clock = True  # capture times follow the camera's clock from its first frame (Timeline)
         self._url = url
         self._transport = TransportPreference(transport)
         self._guard = guard

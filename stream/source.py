@@ -81,6 +81,9 @@ class Source(Protocol):
     #: True: the source waits for its consumer and loses no frame (a file read as fast as possible);
     #: False: it keeps real time, and a consumer that falls behind gets the newest frame.
     lossless: bool
+    #: True: frames' ``captured_at`` is when they were seen (a camera, a publisher, the demo at real pace),
+    #: so time is told by the clock; False: only stream time means anything (a file).
+    wall_clock: bool
 
     def __aiter__(self) -> AsyncIterator[Frame]: ...
 
@@ -102,6 +105,7 @@ class ThreadedSource:
         self.display_url = display_url
         self.stats = SourceStats()
         self.lossless = lossless
+        self.wall_clock = False
         self._sampler = Sampler(fps)
         self._slot = ThreadSlot(capacity=1, lossless=lossless)
         self._stop = threading.Event()

@@ -45,6 +45,7 @@ class WebRTCSource:
     """
 
     lossless = False  # a publisher keeps real time: the consumer gets the newest frame
+    wall_clock = True  # frames are stamped when they arrive
 
     def __init__(self, name: str, fps: float, *, stall_s: float | None = None) -> None:
         self.name = name

@@ -6,6 +6,10 @@ every model reads, so it must be deliberate.
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import pytest
 import torch
 
@@ -99,3 +103,15 @@ def test_the_tokenizer_chat_template_writes_the_same_turns(name: str) -> None:
 
 def test_clock_rounds_to_the_second_and_never_goes_negative() -> None:
     assert [clock(t) for t in (0.0, 59.6, 3723.4, -2.0)] == ["0:00:00", "0:01:00", "1:02:03", "0:00:00"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_live_segments_are_labelled_with_the_local_clock(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ad = adapter(name)
+    tz = ZoneInfo("Asia/Kolkata")  # +05:30: a zone that is not the machine's
+    monkeypatch.setattr(ad, "timezone", tz)
+    wall = datetime(2026, 12, 1, 14, 3, 12, tzinfo=tz).timestamp()
+    seg = dataclasses.replace(segment(8, 10.0, 38.0), wall_start=wall, wall_end=wall + 28)
+    label = next(p for p in ad.segment_pieces(seg) if isinstance(p, str))
+    assert "14:03:12" in label and "14:03:40" in label and "8 frames" in label, label
+    assert "0:00:10" not in label and "10.0" not in label  # not the time into the stream

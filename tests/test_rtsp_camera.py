@@ -154,6 +154,7 @@ class AgeRecorder:
         self.display_url = inner.display_url
         self.stats = inner.stats  # the same object, updated by the inner source
         self.lossless = inner.lossless
+        self.wall_clock = inner.wall_clock
         self.ages: list[float] = []
 
     def __aiter__(self) -> AsyncIterator[Frame]:

@@ -88,7 +88,7 @@ class LlavaOneVisionAdapter(EmbeddingContext):
         return self.chat.head()
 
     def label(self, segment: Segment) -> str:
-        return span_label(segment) + ":"
+        return span_label(segment, self.timezone) + ":"
 
     def segment_pieces(self, segment: Segment) -> list[Piece]:
         newline = self.model.model.image_newline[None]  # [1, D]

@@ -105,7 +105,7 @@ class QwenVLAdapter(EmbeddingContext):
         return CHAT.head()
 
     def label(self, segment: Segment) -> str:
-        return span_label(segment) + ": "
+        return span_label(segment, self.timezone) + ": "
 
     def visual(self, segment: Segment) -> Visual:
         return Visual(segment.tokens, {"mrope": segment_offsets(segment)})

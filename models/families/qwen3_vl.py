@@ -24,6 +24,7 @@ from memory.segment import Segment
 from models.context import Chunk, Visual
 from models.families.qwen2_5_vl import CHAT, TOKENS, QwenVLAdapter, special_ids, text_ids
 from models.mrope import segment_offsets
+from models.prompts import span_label
 from models.registry import FamilySpec
 
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -42,6 +43,8 @@ class Qwen3VLAdapter(QwenVLAdapter):
         return out.pooler_output, {"deepstack": torch.stack(out.deepstack_features, dim=1)}  # [F*N, K, D]
 
     def label(self, segment: Segment) -> str:
+        if segment.wall_start is not None:  # a live stream: the clock time, in Qwen3-VL's brackets
+            return span_label(segment, self.timezone, one="<{start}>", many="<{start}-{end}, {frames} frames>")
         if segment.frames == 1:
             return f"<{segment.start:.1f} seconds>"
         return f"<{segment.start:.1f}-{segment.end:.1f} seconds, {segment.frames} frames>"

@@ -69,7 +69,7 @@ class SmolVLMAdapter(EmbeddingContext):
 
     def segment_pieces(self, segment: Segment) -> list[Piece]:
         # SmolVLM2's own video prompt says "Frame from MM:SS:" before each frame's image tokens.
-        label = span_label(segment, one="Frame from {start}")
+        label = span_label(segment, self.timezone, one="Frame from {start}")
         return ["\n" + label + ":" + FAKE + GLOBAL, segment.tokens, FAKE]
 
     def suffix_text(self, turns: Sequence[Turn], question: str) -> str:
