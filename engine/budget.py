@@ -80,5 +80,6 @@ def fit_budget(adapter: ModelAdapter, requested: int | None) -> HiCoSettings:
                 window,
             )
             return settings
-        # Shrink by what is missing (at least one native frame's worth) and lay the memory out again.
-        budget -= max(RESERVE - room, adapter.tokens_per_frame)
+        # Shrink in proportion to what is missing (the labels grow with the budget, as the segments do; at
+        # least one native frame's worth) and lay the memory out again.
+        budget = min(budget - adapter.tokens_per_frame, budget * (window - RESERVE) // used)

@@ -16,10 +16,10 @@ from errors import LivesightError
 
 @dataclass(frozen=True, slots=True)
 class TierInfo:
-    """One memory tier: tier 0 is the recent native frames, 1 the clips, 2.. older re-merged tiers."""
+    """One memory tier: tier 0 is the native frames waiting for a clip, 1 the clips, 2.. older re-merged tiers."""
 
     tier: int
-    tokens_per_frame: int
+    tokens_per_frame: float  # below 1 for a tier whose segments merge across time
     tokens: int
     frames: int
     span: tuple[float, float] | None  # stream seconds it covers

@@ -4,7 +4,8 @@ Tensors and timestamps in, tensors out. No asyncio, no threads, no clock reads, 
 whatever device the tokens arrive on is the device they stay on.
 """
 
-from memory.hico import HiCoMemory, HiCoSettings, HiCoStats, Record, Tier, TierStats
+from memory.hico import HiCoMemory, HiCoStats, Record, TierStats
+from memory.layout import HiCoSettings, Tier
 from memory.merge import Merged, merge_tokens
 from memory.rolling import MemoryStats, RollingMemory
 from memory.segment import Segment

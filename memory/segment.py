@@ -23,9 +23,10 @@ class Segment:
         sizes: ``[T]`` int64 how many native tokens each token stands for.
         extras: per-token attributes a model family needs, each ``[T, ...]`` (e.g. 3-D positions),
             carried through every merge and eviction with the same assignment as ``tokens``.
-        tier: compression level (0 = native tokens).
-        wall_start, wall_end: wall-clock capture times (seconds since the epoch) of its first and last
-            frame, when the source knows them (live sources); None for files.
+        tier: compression level (0 = native tokens, 1 = clips, 2.. = older tiers).
+        wall_start, wall_end: wall-clock capture time (seconds since the epoch) of the first and the last
+            frame it covers; ``None`` when unknown. A merged segment takes the first part's start and the
+            last part's end.
     """
 
     id: int
@@ -52,6 +53,8 @@ class Segment:
                 raise ValueError(f"extra {key!r} has {value.shape[0]} rows for {n} tokens")
         if self.end < self.start:
             raise ValueError(f"segment ends ({self.end}) before it starts ({self.start})")
+        if self.wall_start is not None and self.wall_end is not None and self.wall_end < self.wall_start:
+            raise ValueError(f"segment's wall clock ends ({self.wall_end}) before it starts ({self.wall_start})")
 
     @property
     def num_tokens(self) -> int:

@@ -34,3 +34,30 @@ def test_model_bench_runs_and_reports_every_number() -> None:
     for key in ("encode_ms_per_frame", "ttft_ms", "ttft_recompute_ms", "decode_tokens_per_s", "peak_rss_mb"):
         assert row[key] > 0, key
     assert row["context_frames"] == 4
+
+
+def test_memory_layout_bench_runs_and_reports_span_and_cost() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "memory.py"),
+            "--layout-only",
+            "--budget",
+            "1024",
+            "--tokens-per-frame",
+            "16",
+            "--hours",
+            "0.05",
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["budget"] == 1024
+    assert 0 < report["max_tokens"] <= report["layout_max_tokens"] <= 1024
+    assert report["context_span_s"] == 180.0  # 3 minutes at 1 fps: nothing evicted yet
+    for key in ("reprefill_ratio", "reprefill_worst_tokens", "utilisation", "reprefill_ratio_with_labels"):
+        assert report[key] > 0, key

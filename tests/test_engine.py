@@ -12,7 +12,7 @@ import engine.inference as inference_mod
 from engine.engine import Engine, EngineSettings
 from engine.events import StreamInfo
 from errors import ConfigError
-from memory import HiCoMemory
+from memory import HiCoMemory, Segment
 from models.families.smolvlm import SmolVLMAdapter
 from stream.spec import parse_source
 from tests.media import write_video
@@ -24,9 +24,17 @@ class WatchedMemory(HiCoMemory):
 
     peak = 0
 
-    def add_frame(self, tokens: torch.Tensor, t: float, extras: dict[str, torch.Tensor] | None = None) -> None:
-        super().add_frame(tokens, t, extras)
+    def add_frame(
+        self,
+        tokens: torch.Tensor,
+        t: float,
+        extras: dict[str, torch.Tensor] | None = None,
+        *,
+        wall: float | None = None,
+    ) -> Segment | None:
+        clip = super().add_frame(tokens, t, extras, wall=wall)
         WatchedMemory.peak = max(WatchedMemory.peak, self.stats().tokens)
+        return clip
 
 
 async def until_ingested(engine: Engine, name: str, frames: int, timeout: float = 180.0) -> StreamInfo:
