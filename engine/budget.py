@@ -49,10 +49,25 @@ def text_overhead(adapter: ModelAdapter, settings: HiCoSettings) -> int:
     return adapter.prefix_length(segments) - sum(s.num_tokens for s in segments)
 
 
-def fit_budget(adapter: ModelAdapter, requested: int | None) -> HiCoSettings:
+def recall_reserve(tokens: int, settings: HiCoSettings, adapter: ModelAdapter | None = None) -> int:
+    """Positions questions need for ``tokens`` visual tokens of recalled clips: the clips, their labels and
+    the line that introduces them (labels counted on a clip-shaped segment when ``adapter`` is given)."""
+    if tokens <= 0:
+        return 0
+    clip = settings.tiers[0]
+    n = max(1, tokens // clip.tokens)
+    label = 32
+    if adapter is not None:
+        one = full_memory(adapter, settings)[:1]
+        label = adapter.prefix_length(one) - adapter.prefix_length([]) - one[0].num_tokens
+    return n * (clip.tokens + label) + 64
+
+
+def fit_budget(adapter: ModelAdapter, requested: int | None, *, extra: int = 0) -> HiCoSettings:
     """The memory settings for ``requested`` visual tokens per stream, or for the model's default budget
-    shrunk until a full memory leaves :data:`RESERVE` positions free. Raises :class:`ConfigError` if
-    ``requested`` does not fit at all, or no budget fits."""
+    shrunk until a full memory leaves :data:`RESERVE` (plus ``extra``: recalled clips) positions free.
+    Raises :class:`ConfigError` if ``requested`` does not fit at all, or no budget fits."""
+    reserve = RESERVE + extra
     budget = requested or adapter.default_budget
     window = adapter.max_positions
     while True:
@@ -64,7 +79,7 @@ def fit_budget(adapter: ModelAdapter, requested: int | None) -> HiCoSettings:
             return settings
         used = settings.max_tokens() + text_overhead(adapter, settings)
         room = window - used
-        if room >= RESERVE:
+        if room >= reserve:
             return settings
         if requested is not None:
             if room <= 0:
@@ -82,4 +97,4 @@ def fit_budget(adapter: ModelAdapter, requested: int | None) -> HiCoSettings:
             return settings
         # Shrink in proportion to what is missing (the labels grow with the budget, as the segments do; at
         # least one native frame's worth) and lay the memory out again.
-        budget = min(budget - adapter.tokens_per_frame, budget * (window - RESERVE) // used)
+        budget = min(budget - adapter.tokens_per_frame, budget * (window - reserve) // used)

@@ -18,13 +18,15 @@ import asyncio
 import functools
 import itertools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
 
-from engine.budget import fit_budget
+from engine.budget import fit_budget, recall_reserve
 from engine.events import (
     Answered,
     Cancelled,
@@ -36,8 +38,9 @@ from engine.events import (
     Timing,
     Token,
 )
-from engine.inference import GuidedMode, Inference
+from engine.inference import Ask, GuidedMode, Inference, Ingest
 from engine.questions import FairQueue
+from engine.recall import AUTO, RecallRequest
 from engine.sessions import SessionStore
 from engine.streams import LiveStream
 from engine.subscriptions import Subscriptions
@@ -52,6 +55,7 @@ from errors import (
     UnknownStream,
 )
 from models.adapter import ModelAdapter, SupportsGuided, Turn
+from store.archive import Archive
 from stream.frame import Frame
 from stream.source import Source
 from stream.spec import SourceSpec
@@ -71,6 +75,11 @@ class EngineSettings:
     #: seconds a stream that ended for good (a publisher that left, a file that finished, a source that
     #: failed) stays listed before it is removed; None keeps it until someone removes it
     ended_ttl_s: float | None = 300.0
+    #: where live streams' clock times are read (time labels, recall, ISO times); None: the machine's zone
+    timezone: tzinfo | None = None
+    #: visual tokens of archived clips a question may recall; None: a quarter of the budget, at most 512
+    #: (with an archive; without one nothing can be recalled)
+    recall_tokens: int | None = None
 
 
 @dataclass(eq=False)
@@ -90,6 +99,10 @@ class Question:
     guided: GuidedMode | None = None
     #: who asked (a connection): questions are served round robin across owners
     owner: Hashable = None
+    #: archived clips to recall for it (engine/recall.py); the default lets the question decide
+    recall: RecallRequest = AUTO
+    #: show the newest frame in detail; also when the question asks about fine detail (see wants_detail)
+    detail: bool = False
 
 
 class Engine:
@@ -103,15 +116,21 @@ class Engine:
         *,
         clock: Callable[[], float] = time.time,
         sessions: SessionStore | None = None,
+        archive: Archive | None = None,
     ) -> None:
         self.adapter = adapter
         self.settings = settings
-        memory_settings = fit_budget(adapter, settings.budget)
+        self.timezone = settings.timezone or datetime.now().astimezone().tzinfo or timezone.utc
+        self.archive = archive
+        recall = settings.recall_tokens if archive is not None else 0
+        probe = fit_budget(adapter, settings.budget)  # without recall: how big is the default?
+        self.recall_tokens = min(512, probe.budget // 4) if recall is None else recall
+        memory_settings = fit_budget(adapter, settings.budget, extra=recall_reserve(self.recall_tokens, probe, adapter))
         self.budget = memory_settings.budget
         self.memory_settings = memory_settings
         self._make_source = make_source
         self._clock = clock
-        self.sessions = sessions or SessionStore()
+        self.sessions = sessions or SessionStore(archive=archive)
         self.subscriptions = Subscriptions()
         self._streams: dict[str, LiveStream] = {}
         self._keys = itertools.count()
@@ -120,7 +139,14 @@ class Engine:
         self._closing = False
         # The inference thread: the only one that touches the model, the memories and the prefixes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-        self._inference = Inference(adapter, memory_settings)
+        self._inference = Inference(
+            adapter,
+            memory_settings,
+            archive=archive,
+            recall_tokens=self.recall_tokens,
+            timezone=self.timezone,
+            clock=clock,
+        )
         self._worker: asyncio.Task[None] | None = None
         self._current: Question | None = None
         self._answered = asyncio.Event()  # set whenever no question is being answered
@@ -128,9 +154,20 @@ class Engine:
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self, specs: Sequence[SourceSpec]) -> None:
+        if self.archive is not None:
+            n = await asyncio.to_thread(self._load_sessions, self.archive)
+            if n:
+                log.info("%d conversation(s) brought back from the archive", n)
         self._worker = asyncio.create_task(self._work(), name="inference-worker")
         for spec in specs:
             self.add_stream(spec)
+
+    def _load_sessions(self, archive: Archive) -> int:
+        reader = archive.reader()
+        try:
+            return self.sessions.load(reader)
+        finally:
+            reader.close()
 
     async def shutdown(self) -> None:
         """Stop taking questions and tell every asker why: waiting questions and the one being answered
@@ -152,6 +189,7 @@ class Engine:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._inference.close)
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     def add_stream(self, spec: SourceSpec) -> None:
@@ -186,6 +224,11 @@ class Engine:
         self._state_changed(stream)
 
     async def _feed(self, stream: LiveStream) -> None:
+        if self.archive is not None:
+            # The stream's memory is rebuilt from its archived clips before its first frame (after a
+            # restart the context comes back), on the inference thread that owns memories.
+            prepare = functools.partial(self._inference.prepare, stream.key, stream.name)
+            stream.memory = await asyncio.get_running_loop().run_in_executor(self._executor, prepare)
         try:
             await stream.feed(self._wake)
         finally:
@@ -225,7 +268,7 @@ class Engine:
         stream = self._streams.get(q.stream)
         if stream is None:
             raise UnknownStream(f"no stream named {q.stream!r}; streams: {', '.join(self._streams) or 'none'}")
-        if stream.memory is None or stream.memory.ingested == 0:
+        if stream.memory is None or stream.memory.stats.frames == 0:
             raise NoVideo(f"stream {q.stream!r} has no video in memory yet ({stream.state.value}); ask again soon")
         if q.guided is not None and not isinstance(self.adapter, SupportsGuided):
             raise BadRequest(f"{self.adapter.model_id} does not support guided answers")
@@ -259,9 +302,18 @@ class Engine:
                 first.append(self._clock())
             loop.call_soon_threadsafe(q.reply, Token(q.id, piece))
 
-        run = functools.partial(
-            self._inference.answer, stream.key, q.text, turns, q.max_new_tokens, q.cancel, on_piece, guided=q.guided
+        ask = Ask(
+            key=stream.key,
+            stream=q.stream,
+            question=q.text,
+            turns=turns,
+            max_new_tokens=q.max_new_tokens,
+            cancel=q.cancel,
+            guided=q.guided,
+            recall=q.recall,
+            detail=q.detail or wants_detail(q.text),
         )
+        run = functools.partial(self._inference.answer, ask, on_piece)
         self._current = q
         self._answered.clear()
         try:
@@ -320,7 +372,7 @@ class Engine:
             frame = stream.take()
             if frame is not None:
                 batch.append((stream, frame))
-        keyed = [(stream.key, frame) for stream, frame in batch]
+        keyed = [Ingest(stream.key, stream.name, frame, stream.source.wall_clock) for stream, frame in batch]
         snapshots = await asyncio.get_running_loop().run_in_executor(self._executor, self._inference.ingest, keyed)
         for stream, _ in batch:
             stream.memory = snapshots.get(stream.key, stream.memory)
@@ -334,14 +386,17 @@ class Engine:
         return None if stream is None else stream.source
 
     def streams_info(self) -> list[StreamInfo]:
-        now = self._clock()
-        return [stream.info(now) for stream in self._streams.values()]
+        return [self._info(stream) for stream in self._streams.values()]
 
     def stream_info(self, name: str) -> StreamInfo:
         stream = self._streams.get(name)
         if stream is None:
             raise UnknownStream(f"no stream named {name!r}; streams: {', '.join(self._streams) or 'none'}")
-        return stream.info(self._clock())
+        return self._info(stream)
+
+    def _info(self, stream: LiveStream) -> StreamInfo:
+        archived = None if self.archive is None else self.archive.summary(stream.name)
+        return stream.info(self._clock(), self.timezone, archived)
 
     # --- status pushes -------------------------------------------------------------------------
     def subscribe(self, name: str, listener: StatusListener) -> None:
@@ -359,11 +414,24 @@ class Engine:
             return
         stream.published = stream.state.value
         log.debug("stream %s: %s", stream.name, stream.published)
-        self.subscriptions.publish(StreamStatus(stream.name, stream.info(self._clock())))
+        self.subscriptions.publish(StreamStatus(stream.name, self._info(stream)))
 
     @property
     def queued(self) -> int:
         return len(self._questions)
+
+
+#: Words that ask about what a frame shows in detail: text to read, small things, a closer look.
+_DETAIL = re.compile(
+    r"\b(read|reads|text|written|writing|say|says|sign|label|plate|number|digits?|detail|details|zoom|closer|"
+    r"closely|small|tiny|fine print)\b",
+    re.IGNORECASE,
+)
+
+
+def wants_detail(question: str) -> bool:
+    """Whether a question asks about fine detail, so the newest frame is shown at high resolution."""
+    return _DETAIL.search(question) is not None
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[LiveStream], None], stream: LiveStream) -> None:

@@ -26,6 +26,18 @@ class TierInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveInfo:
+    """What the on-disk archive holds for a stream."""
+
+    clips: int
+    bytes: int
+    span: tuple[float, float] | None  # stream seconds, oldest clip to newest
+    clock_span: tuple[str, str] | None  # the same as local ISO 8601 times, for live streams
+    dropped: int  # clips not archived (queue full, disk failing)
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class StreamInfo:
     """A stream as ``streams`` and ``status`` report it."""
 
@@ -43,6 +55,9 @@ class StreamInfo:
     long_term: int
     last_frame_age_s: float | None
     error: str | None
+    memory_clock_span: tuple[str, str] | None = None  # the in-context span as local ISO 8601 times (live)
+    restored_frames: int = 0  # frames the memory was rebuilt with from the archive at start
+    archive: ArchiveInfo | None = None  # None without --data
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +69,19 @@ class StreamStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class RecalledSpan:
+    """An archived clip a question was given (stream seconds; local ISO 8601 times for live streams)."""
+
+    start: float
+    end: float
+    clock_start: str | None
+    clock_end: str | None
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerContext:
-    """The visual context a question was answered on (stream seconds, frames and tokens)."""
+    """The visual context a question was answered on (stream seconds and clock times, frames and tokens)."""
 
     start: float | None
     end: float | None
@@ -63,6 +89,12 @@ class AnswerContext:
     tokens: int  # tokens of the cached context: visual tokens and their text headers
     visual_tokens: int
     guided: str | None  # "uniform" / "attention" when answered with question-guided dropping
+    clock_start: str | None = None  # the span as local ISO 8601 times, for live streams
+    clock_end: str | None = None
+    turns: int = 0  # earlier turns of the conversation the question came with
+    recalled: tuple[RecalledSpan, ...] = ()  # archived clips added after the cached context
+    recall: str | None = None  # why: "time" (a window) or "content"; None when nothing was recalled
+    detail: bool = False  # the newest frame was shown in detail
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,11 @@
-"""Bounded conversation history for multi-turn questions."""
+"""Bounded conversation history for multi-turn questions, kept in the archive when there is one."""
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 
 from models.adapter import Turn
+from store.archive import Archive, ArchiveReader
 
 
 class SessionStore:
@@ -12,11 +13,28 @@ class SessionStore:
     conversations are forgotten first). Answers are cut to ``max_chars`` so one long answer cannot blow
     up every later prompt."""
 
-    def __init__(self, *, max_sessions: int = 1024, max_turns: int = 6, max_chars: int = 2000) -> None:
+    def __init__(
+        self,
+        *,
+        max_sessions: int = 1024,
+        max_turns: int = 6,
+        max_chars: int = 2000,
+        archive: Archive | None = None,
+    ) -> None:
         self._sessions: OrderedDict[tuple[str, str], deque[Turn]] = OrderedDict()
         self._max_sessions = max_sessions
         self._max_turns = max_turns
         self._max_chars = max_chars
+        self._archive = archive  # every recorded turn is written there too (its writer thread; never blocks)
+
+    def load(self, reader: ArchiveReader) -> int:
+        """Bring back the most recent conversations from the archive (after a restart); blocking, so call it
+        off the event loop before serving. Returns how many."""
+        pairs = reader.sessions(self._max_sessions)
+        for stream, session in pairs:
+            history = self._sessions[(stream, session)] = deque(maxlen=self._max_turns)
+            history.extend(Turn(q, a) for q, a in reader.turns(stream, session, self._max_turns))
+        return len(pairs)
 
     def turns(self, stream: str, session: str | None) -> tuple[Turn, ...]:
         if session is None:
@@ -38,7 +56,10 @@ class SessionStore:
             while len(self._sessions) > self._max_sessions:
                 self._sessions.popitem(last=False)
         self._sessions.move_to_end(key)
-        history.append(Turn(turn.question[: self._max_chars], turn.answer[: self._max_chars]))
+        kept = Turn(turn.question[: self._max_chars], turn.answer[: self._max_chars])
+        history.append(kept)
+        if self._archive is not None:
+            self._archive.put_turn(stream, session, kept.question, kept.answer)
 
     def __len__(self) -> int:
         return len(self._sessions)

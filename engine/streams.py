@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 
-from engine.events import StreamInfo, TierInfo
+from engine.events import ArchiveInfo, StreamInfo, TierInfo
 from engine.inference import MemorySnapshot
 from errors import LivesightError
 from memory import TierStats
+from store.archive import ArchiveSummary
 from stream.frame import Frame
 from stream.source import Source, SourceState
 from stream.spec import SourceSpec
@@ -81,7 +83,7 @@ class LiveStream:
             self.taken.set()
         return frame
 
-    def info(self, now: float) -> StreamInfo:
+    def info(self, now: float, tz: tzinfo, archive: ArchiveSummary | None = None) -> StreamInfo:
         mem = self.memory
         stats = mem.stats if mem else None
         captured = mem.last_captured_at if mem else None
@@ -102,7 +104,22 @@ class LiveStream:
             long_term=stats.long_term if stats else 0,
             last_frame_age_s=None if captured is None else round(now - captured, 3),
             error=self.error or self.source.stats.error,
+            memory_clock_span=_clock_span(stats.wall_start, stats.wall_end, tz) if stats else None,
+            restored_frames=mem.restored_frames if mem else 0,
+            archive=None if archive is None else _archive(archive, tz),
         )
+
+
+def _clock_span(start: float | None, end: float | None, tz: tzinfo) -> tuple[str, str] | None:
+    if start is None or end is None:
+        return None
+    iso = [datetime.fromtimestamp(t, tz).isoformat(timespec="seconds") for t in (start, end)]
+    return iso[0], iso[1]
+
+
+def _archive(a: ArchiveSummary, tz: tzinfo) -> ArchiveInfo:
+    span = (a.start, a.end) if a.start is not None and a.end is not None else None
+    return ArchiveInfo(a.clips, a.bytes, span, _clock_span(a.wall_start, a.wall_end, tz), a.dropped, a.error)
 
 
 def _tier(t: TierStats) -> TierInfo:

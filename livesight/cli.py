@@ -104,6 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="camera hosts add_stream may connect to: names, addresses or networks such as 10.0.0.0/8 (default: "
         "none; --source and --config cameras are always used)",
     )
+    s.add_argument(
+        "--data",
+        metavar="DIR",
+        default=default_data_dir(),
+        help="where the archive lives: every clip, conversation and event, in SQLite (default %(default)s)",
+    )
+    s.add_argument("--no-archive", action="store_true", help="keep nothing on disk (memory is lost on restart)")
+    s.add_argument(
+        "--retain",
+        default="24h",
+        metavar="AGE",
+        help="how long archived video and conversations are kept: 90m, 24h, 7d (default 24h)",
+    )
+    s.add_argument("--retain-bytes", metavar="SIZE", help="archive size kept per stream: 500MB, 2GB (default: no cap)")
+    s.add_argument(
+        "--timezone", metavar="ZONE", help="IANA time zone for clock times, e.g. Europe/Berlin (default: the machine's)"
+    )
+    s.add_argument(
+        "--recall-tokens",
+        type=int,
+        metavar="N",
+        help="visual tokens of archived clips a question may recall (default: a quarter of the budget, at most 512)",
+    )
     s.add_argument("--max-connections", type=int, default=256, help="websocket connections at once (default 256)")
     s.add_argument(
         "--max-connections-per-address",
@@ -181,6 +204,11 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "max_connections_per_address": args.max_connections_per_address,
         "allow_files": args.allow_files,
         "allow_hosts": args.allow_hosts,
+        "data_dir": None if args.no_archive else args.data,
+        "retain_s": parse_duration(args.retain, "--retain"),
+        "retain_bytes": args.retain_bytes,
+        "timezone": args.timezone,
+        "recall_tokens": args.recall_tokens,
     }
     sources: list[object] = []
     if args.config:
@@ -200,6 +228,29 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     cfg = load_serve_config(values)
     asyncio.run(serve(cfg))
     return 0
+
+
+def default_data_dir() -> str:
+    """``$XDG_DATA_HOME/livesight``, or ``~/.local/share/livesight``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "livesight")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``7d``, ``2w`` or plain seconds, as seconds."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:])
+    number = t[:-1] if unit else t
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give a number with s, m, h, d or w, e.g. 24h") from None
+    if not value > 0:
+        raise ConfigError(f"{option} {text!r}: must be more than zero")
+    return value
 
 
 def _admin_token(args: argparse.Namespace, env: Mapping[str, str]) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone, tzinfo
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from errors import ConfigError
 from models.registry import DEFAULT_MODEL
@@ -43,6 +45,13 @@ class ServeConfig(BaseModel):
     max_connections: int = Field(256, ge=1, le=100_000, description="websocket connections at once")
     max_connections_per_address: int = Field(16, ge=1, le=100_000, description="... from one client address")
     allow_files: list[str] = Field(default_factory=list, description="directories add_stream may read files from")
+    data_dir: str | None = Field(None, description="where the archive lives (SQLite); None: no archive")
+    retain_s: float | None = Field(24 * 3600.0, gt=0, description="seconds of video and conversations kept")
+    retain_bytes: ByteSize | None = Field(None, gt=0, description="archive bytes kept per stream, e.g. 2GB")
+    timezone: str | None = Field(None, description="IANA time zone for clock times; None: the machine's")
+    recall_tokens: int | None = Field(
+        None, ge=0, le=65536, description="visual tokens of archived clips a question may recall"
+    )
     allow_hosts: list[str] = Field(
         default_factory=list, description="camera hosts and networks add_stream may connect to"
     )
@@ -61,6 +70,22 @@ class ServeConfig(BaseModel):
         if len(set(tokens)) != len(tokens):
             raise ValueError("two viewers share a token")
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)") from None
+        return value
+
+    def zone(self) -> tzinfo:
+        """The configured time zone, or the machine's."""
+        if self.timezone is not None:
+            return ZoneInfo(self.timezone)
+        return datetime.now().astimezone().tzinfo or timezone.utc
 
     @model_validator(mode="after")
     def _admin_token_is_not_a_viewers(self) -> ServeConfig:

@@ -7,11 +7,15 @@ import contextlib
 import functools
 import logging
 import signal
+import sqlite3
+from pathlib import Path
 
 from engine.engine import Engine, EngineSettings
 from errors import ConfigError, LivesightError
 from livesight.config import ServeConfig
+from models.adapter import ModelAdapter
 from models.loader import choose_placement, load_model
+from store.archive import Archive
 from stream.factory import make_source
 from stream.policy import SourcePolicy
 from web.auth import Authenticator
@@ -43,6 +47,7 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
     base = f"{cfg.host}:{app.port()}"
     log.info("listening on http://%s (websocket ws://%s%s)", base, base, WS_PATH)
     engine: Engine | None = None
+    archive: Archive | None = None
     try:
         placement = choose_placement(cfg.device, load_4bit=cfg.load_4bit)
         log.info("loading model %s on %s", cfg.model, placement.describe())
@@ -51,14 +56,19 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         except LivesightError as exc:
             app.failure = exc.message
             raise
+        zone = cfg.zone()
+        adapter.timezone = zone  # live streams' time labels read in the server's time zone
         settings = EngineSettings(
             fps=cfg.fps,
             budget=cfg.budget,
             max_queue=cfg.max_queue,
             max_streams=cfg.max_streams,
             ended_ttl_s=cfg.ended_ttl_s,
+            timezone=zone,
+            recall_tokens=cfg.recall_tokens,
         )
-        engine = Engine(adapter, settings, functools.partial(make_source, lossless=cfg.lossless))
+        archive = await _open_archive(cfg, adapter)
+        engine = Engine(adapter, settings, functools.partial(make_source, lossless=cfg.lossless), archive=archive)
         await engine.start(cfg.sources)
         app.engine = engine
         log.info(
@@ -80,6 +90,34 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         finally:
             if engine is not None:
                 await engine.close()
+            if archive is not None:
+                await asyncio.to_thread(archive.close)  # what is queued is written before we go
+
+
+async def _open_archive(cfg: ServeConfig, adapter: ModelAdapter) -> Archive | None:
+    """The archive under ``--data`` (None with ``--no-archive``), tagged with the model that fills it."""
+    if cfg.data_dir is None:
+        return None
+    hidden = getattr(adapter, "model", None)
+    width = getattr(getattr(getattr(hidden, "config", None), "text_config", None), "hidden_size", "?")
+    archive = Archive(
+        Path(cfg.data_dir),
+        model=f"{adapter.model_id}|{adapter.tokens_per_frame}|{width}",
+        retain_s=cfg.retain_s,
+        retain_bytes=None if cfg.retain_bytes is None else int(cfg.retain_bytes),
+    )
+    try:
+        await asyncio.to_thread(archive.start)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot open the archive in {cfg.data_dir!r}: {exc}") from exc
+    log.info("archive: %s (retention %s)", archive.path, _retention(cfg))
+    return archive
+
+
+def _retention(cfg: ServeConfig) -> str:
+    age = "no age limit" if cfg.retain_s is None else f"{cfg.retain_s / 3600:g} h"
+    size = "" if cfg.retain_bytes is None else f", {cfg.retain_bytes.human_readable()} per stream"
+    return age + size
 
 
 def _any_address(host: str) -> bool:

@@ -92,15 +92,33 @@ class ClipInfo:
     bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class ArchiveSummary:
+    """What the archive holds for one stream (this model's clips), and how its writes fare."""
+
+    clips: int
+    bytes: int
+    start: float | None  # stream seconds, oldest clip to newest
+    end: float | None
+    wall_start: float | None  # wall clock, when the stream has one
+    wall_end: float | None
+    dropped: int  # clips and turns not archived (queue full, disk failing)
+    error: str | None  # the last write failure; None once writes succeed again
+
+
 def encode_segment(segment: Segment) -> bytes:
-    """A segment's tensors as safetensors bytes (CPU, contiguous)."""
-    tensors = {"tokens": segment.tokens, "times": segment.times, "sizes": segment.sizes}
+    """A segment's tensors as safetensors bytes (CPU, contiguous). float32 tokens are kept as float16: half
+    the disk, and a clip that comes back is re-merged or shown once more, never compared bit for bit."""
+    tokens = segment.tokens.half() if segment.tokens.dtype == torch.float32 else segment.tokens
+    tensors = {"tokens": tokens, "times": segment.times, "sizes": segment.sizes}
     tensors |= {f"extra.{k}": v for k, v in segment.extras.items()}
     return save_tensors({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
 
 
-def decode_segment(info: ClipInfo, data: bytes, *, id: int, tier: int = 1) -> Segment:
+def decode_segment(info: ClipInfo, data: bytes, *, id: int, tier: int = 1, dtype: torch.dtype | None = None) -> Segment:
     t = load_tensors(data)
+    if dtype is not None:
+        t["tokens"] = t["tokens"].to(dtype)
     extras = {k.removeprefix("extra."): v for k, v in t.items() if k.startswith("extra.")}
     return Segment(
         id=id,
@@ -142,6 +160,8 @@ class Archive:
         self._dropped: dict[str, int] = {}
         self._errors: dict[str, str | None] = {}
         self._lock = threading.Lock()  # guards _dropped and _errors, written from two threads
+        #: per stream, what the archive holds: replaced whole by the writer, read by anyone
+        self._summaries: dict[str, tuple[int, int, float | None, float | None, float | None, float | None]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,6 +184,8 @@ class Archive:
             )
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('model', ?)", (self.model,))
         self._bytes = self._recount(conn)
+        for (stream,) in conn.execute("SELECT DISTINCT stream FROM clips"):
+            self._summaries[stream] = self._summary_row(conn, stream)
         conn.close()
         self._thread = threading.Thread(target=self._run, name="archive-writer", daemon=True)
         self._thread.start()
@@ -233,6 +255,8 @@ class Archive:
             return
         with self._lock:
             self._errors[stream] = None
+        for name in {stream} | set(self._bytes):  # retention may have trimmed any stream
+            self._summaries[name] = self._summary_row(conn, name)
         conn.execute("PRAGMA incremental_vacuum")  # give freed pages back to the file system
 
     def _insert_clip(
@@ -281,6 +305,16 @@ class Archive:
                 conn.executemany("DELETE FROM clips WHERE id = ?", doomed)
                 self._bytes[stream] = total
 
+    def _summary_row(
+        self, conn: sqlite3.Connection, stream: str
+    ) -> tuple[int, int, float | None, float | None, float | None, float | None]:
+        row = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0), MIN(start), MAX(end), MIN(wall_start), MAX(wall_end)"
+            " FROM clips WHERE stream = ? AND model = ?",
+            (stream, self.model),
+        ).fetchone()
+        return int(row[0]), int(row[1]), row[2], row[3], row[4], row[5]
+
     @staticmethod
     def _recount(conn: sqlite3.Connection) -> dict[str, int]:
         return {s: int(n) for s, n in conn.execute("SELECT stream, SUM(bytes) FROM clips GROUP BY stream")}
@@ -290,6 +324,12 @@ class Archive:
         """``(dropped, last error)`` of a stream's archive writes (any thread)."""
         with self._lock:
             return self._dropped.get(stream, 0), self._errors.get(stream)
+
+    def summary(self, stream: str) -> ArchiveSummary:
+        """What the archive holds for ``stream`` as of the last write (any thread; no disk access)."""
+        clips, size, start, end, wall_start, wall_end = self._summaries.get(stream, (0, 0, None, None, None, None))
+        dropped, error = self.health(stream)
+        return ArchiveSummary(clips, size, start, end, wall_start, wall_end, dropped, error)
 
     def reader(self) -> ArchiveReader:
         """A reader with its own connection, for the calling thread."""
@@ -334,12 +374,13 @@ class ArchiveReader:
             sql += " ORDER BY id"
         return [ClipInfo(*row) for row in self._conn.execute(sql, args)]
 
-    def segment(self, info: ClipInfo, *, id: int) -> Segment:
-        """The clip's tokens as a segment with the given ``id`` (memory ids are per memory)."""
+    def segment(self, info: ClipInfo, *, id: int, dtype: torch.dtype | None = None) -> Segment:
+        """The clip's tokens as a segment with the given ``id`` (memory ids are per memory), its tokens in
+        ``dtype`` (as stored if None). ``KeyError`` if retention removed it meanwhile."""
         row = self._conn.execute("SELECT tensors FROM clips WHERE id = ?", (info.id,)).fetchone()
         if row is None:
             raise KeyError(info.id)
-        return decode_segment(info, row[0], id=id)
+        return decode_segment(info, row[0], id=id, dtype=dtype)
 
     def keys(self, infos: Sequence[ClipInfo]) -> list[torch.Tensor | None]:
         """The recall keys stored with each clip (None where none were)."""

@@ -248,11 +248,11 @@ def scrub(text: str, url: str) -> str:
         secrets = parse_camera_url(url).secrets()
     except ConfigError:
         secrets = []
-    out = _ANY_USERINFO.sub(rf"\1{HIDDEN}@", out)
-    out = _hide(out, _secret_spans(out))
+    # The known secrets first, whole: a generic pattern could cut one in two and leave a piece behind.
     for secret in secrets:
         if len(secret) >= 4:
             out = out.replace(secret, HIDDEN)
         else:  # a short one only as a word of its own, or every message would lose its letters
             out = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", HIDDEN, out)
-    return out
+    out = _ANY_USERINFO.sub(rf"\1{HIDDEN}@", out)
+    return _hide(out, _secret_spans(out))

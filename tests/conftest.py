@@ -46,3 +46,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for folder in dict.fromkeys(SAVED):
         if any(folder.glob("*.png")):
             terminalreporter.write_line(f"page screenshots: {folder}")
+
+
+@pytest.fixture(autouse=True)
+def _own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``livesight serve`` keeps an archive under $XDG_DATA_HOME by default: each test gets its own, so no
+    test sees another's (or the user's) memories and conversations."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))

@@ -60,7 +60,10 @@ def test_clips_and_turns_round_trip(tmp_path: Path) -> None:
     back = reader.segment(infos[2], id=77)
     orig = clip(2)
     assert back.id == 77 and back.frames == 4 and back.tier == 1
-    assert torch.equal(back.tokens, orig.tokens) and torch.equal(back.times, orig.times)
+    # float32 tokens are stored as float16 (half the disk), and come back in the dtype asked for.
+    assert back.tokens.dtype == torch.float16 and torch.equal(back.tokens, orig.tokens.half())
+    assert reader.segment(infos[2], id=0, dtype=torch.float32).tokens.dtype == torch.float32
+    assert torch.equal(back.times, orig.times)
     assert torch.equal(back.extras["mrope"], orig.extras["mrope"]) and back.wall_start == orig.wall_start
     assert [k is not None and float(k[0, 0]) for k in reader.keys(infos)] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert [c.start for c in reader.clips("cam", wall=(1_000_005.0, 1_000_009.0))] == [4.0, 8.0]
@@ -68,6 +71,8 @@ def test_clips_and_turns_round_trip(tmp_path: Path) -> None:
     assert [c.start for c in reader.clips("cam", newest=2)] == [12.0, 16.0]
     assert reader.clips("file")[0].wall_start is None
     count, size, start, end, wall_start, wall_end = reader.stats("cam")
+    summary = archive.summary("cam")  # kept by the writer, read without the disk
+    assert (summary.clips, summary.bytes, summary.start, summary.wall_end) == (5, size, 0.0, 1_000_019.0)
     assert (count, start, end, wall_start, wall_end) == (5, 0.0, 19.0, 1_000_000.0, 1_000_019.0) and size > 0
     assert reader.turns("cam", "s1", 6) == [("Is it red?", "Yes."), ("And now?", "No.")]
     assert reader.sessions(10) == [("cam", "s1")]
@@ -172,5 +177,5 @@ def test_a_writer_killed_mid_write_leaves_only_whole_records(tmp_path: Path) -> 
     assert len(infos) > 3
     for info in infos:  # every record that is there is whole
         seg = reader.segment(info, id=0)
-        assert torch.equal(seg.tokens, clip(int(info.start // 4), n=512, d=64).tokens)
+        assert torch.equal(seg.tokens, clip(int(info.start // 4), n=512, d=64).tokens.half())
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -145,7 +145,20 @@ def test_question_events_become_their_messages() -> None:
         "type": "answer",
         "id": "q1",
         "text": "Hi there",
-        "context": {"start": 1.0, "end": 9.0, "frames": 8, "tokens": 300, "visual_tokens": 128, "guided": None},
+        "context": {
+            "start": 1.0,
+            "end": 9.0,
+            "frames": 8,
+            "tokens": 300,
+            "visual_tokens": 128,
+            "guided": None,
+            "clock_start": None,
+            "clock_end": None,
+            "turns": 0,
+            "recalled": [],
+            "recall": None,
+            "detail": False,
+        },
         "timing": {"queue_ms": 0.5, "ttft_ms": 12.0, "total_ms": 40.0},
     }
     assert protocol.event(Cancelled("q1")) == {"type": "cancelled", "id": "q1"}

@@ -19,6 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -26,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from engine.engine import Engine, Question
 from engine.events import FINAL, QuestionEvent, StreamStatus
+from engine.recall import AUTO, OFF, RecallRequest
 from errors import BadRequest, Busy, Forbidden, LivesightError, Unauthorized, UnknownStream
 from stream.policy import SourcePolicy
 from stream.spec import check_name
@@ -37,6 +39,7 @@ from web.protocol import (
     Auth,
     Cancel,
     ProtocolError,
+    RecallWindow,
     RemoveStream,
     Streams,
     Subscribe,
@@ -264,6 +267,8 @@ class ClientConnection:
             reply=self._on_question,
             received=self._clock(),
             owner=self,
+            recall=self._recall(msg.recall),
+            detail=msg.detail,
         )
         self._active[msg.id] = q
         try:
@@ -276,6 +281,18 @@ class ClientConnection:
         task = asyncio.get_running_loop().create_task(work, name=f"{name}:{id(self)}")
         self._changes.add(task)
         task.add_done_callback(self._changes.discard)
+
+    def _recall(self, asked: str | RecallWindow) -> RecallRequest:
+        if asked == "off":
+            return OFF
+        if not isinstance(asked, RecallWindow):
+            return AUTO
+        if isinstance(asked.start, str) and isinstance(asked.end, str):
+            tz = self.engine.timezone
+            start, end = (datetime.fromisoformat(t) for t in (asked.start, asked.end))
+            start, end = (t if t.tzinfo else t.replace(tzinfo=tz) for t in (start, end))
+            return RecallRequest("window", wall=(start.timestamp(), end.timestamp()))
+        return RecallRequest("window", stream_time=(float(asked.start), float(asked.end)))
 
     async def _add_stream(self, msg: AddStream) -> None:
         try:

@@ -12,9 +12,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from engine.events import Answered, Cancelled, Failed, QuestionEvent, StreamInfo, StreamStatus, Token
 from errors import BadRequest, Kind, LivesightError, NoVideo, TooLarge, UnknownStream
@@ -39,6 +51,29 @@ class Auth(_Msg):
     token: Annotated[StrictStr, Field(max_length=512)]
 
 
+class RecallWindow(_Msg):
+    """Recall the archived clips in this window: ISO 8601 times (wall clock; without an offset, in the
+    server's time zone) for a live stream, stream seconds for a file."""
+
+    start: StrictStr | StrictFloat | StrictInt
+    end: StrictStr | StrictFloat | StrictInt
+
+    @model_validator(mode="after")
+    def _same_kind_and_ordered(self) -> RecallWindow:
+        if isinstance(self.start, str) != isinstance(self.end, str):
+            raise ValueError("start and end must both be ISO 8601 times or both stream seconds")
+        if isinstance(self.start, str) and isinstance(self.end, str):
+            try:
+                start, end = datetime.fromisoformat(self.start), datetime.fromisoformat(self.end)
+            except ValueError as exc:
+                raise ValueError(f"not an ISO 8601 time: {exc}") from None
+            if (start.tzinfo is None) != (end.tzinfo is None) or not start < end:
+                raise ValueError("the window must end after it starts (both with or both without an offset)")
+        elif not float(self.start) < float(self.end):
+            raise ValueError("the window must end after it starts")
+        return self
+
+
 class Ask(_Msg):
     type: Literal["ask"] = "ask"
     id: Id
@@ -49,6 +84,11 @@ class Ask(_Msg):
     #: answer with a fresh prefill that drops visual tokens inside the model, chosen uniformly or by the
     #: question's attention (slower: the cached prefix is not used); omitted: on the cached prefix
     guided: Literal["uniform", "attention"] | None = None
+    #: archived clips to add after the cached context: "auto" (the question's time words, else its
+    #: content), "off", or a window
+    recall: Literal["auto", "off"] | RecallWindow = "auto"
+    #: show the newest frame at high resolution too (also done when the question asks about fine detail)
+    detail: StrictBool = False
 
 
 class Cancel(_Msg):
@@ -189,9 +229,8 @@ def ready(streams: list[str]) -> Wire:
 
 def stream_info(info: StreamInfo) -> Wire:
     """One stream as ``streams`` lists it (``status`` carries the same fields)."""
-    out = asdict(info)
-    out["memory_span"] = list(info.memory_span) if info.memory_span is not None else None
-    out["memory_tiers"] = [{**asdict(t), "span": list(t.span) if t.span else None} for t in info.memory_tiers]
+    out = _plain(asdict(info))
+    assert isinstance(out, dict)
     return out
 
 
@@ -228,13 +267,22 @@ def event(ev: QuestionEvent) -> Wire:
             "type": "answer",
             "id": ev.question,
             "text": ev.text,
-            "context": asdict(ev.context),
+            "context": _plain(asdict(ev.context)),
             "timing": asdict(ev.timing),
         }
     if isinstance(ev, Cancelled):
         return {"type": "cancelled", "id": ev.question}
     assert isinstance(ev, Failed)
     return error(ev.question, ev.error)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, all the way down: what the wire shows (and what JSON would make of them)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def dumps(msg: Wire) -> str:

@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
+
+from memory.segment import Segment
 from models.adapter import Prefix, Turn
 from tests.support.chromium import Chromium
 from tests.support.server import TOKEN
@@ -136,7 +139,15 @@ class ScriptedModel:
         self._released.set()
 
     def generate(
-        self, prefix: Prefix, turns: Sequence[Turn], question: str, max_new_tokens: int, cancel: threading.Event
+        self,
+        prefix: Prefix,
+        turns: Sequence[Turn],
+        question: str,
+        max_new_tokens: int,
+        cancel: threading.Event,
+        *,
+        recalled: Sequence[Segment] = (),
+        detail: np.ndarray | None = None,
     ) -> Iterator[str]:
         size = -(-len(self.text) // self.pieces)
         parts = [self.text[i : i + size] for i in range(0, len(self.text), size)]
