@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 
 from engine.budget import fit_budget
 from engine.events import (
+    FINAL,
     Answered,
     Cancelled,
     Failed,
+    QuestionEvent,
     Reply,
     StatusListener,
     StreamInfo,
@@ -37,6 +39,7 @@ from engine.events import (
     Token,
 )
 from engine.inference import GuidedMode, Inference
+from engine.observer import EngineObserver, NoObserver
 from engine.questions import FairQueue
 from engine.sessions import SessionStore
 from engine.streams import LiveStream
@@ -90,6 +93,8 @@ class Question:
     guided: GuidedMode | None = None
     #: who asked (a connection): questions are served round robin across owners
     owner: Hashable = None
+    #: the earlier turns of the conversation, given by the asker; None: the session store's for ``session``
+    turns: tuple[Turn, ...] | None = None
 
 
 class Engine:
@@ -103,6 +108,7 @@ class Engine:
         *,
         clock: Callable[[], float] = time.time,
         sessions: SessionStore | None = None,
+        observer: EngineObserver | None = None,
     ) -> None:
         self.adapter = adapter
         self.settings = settings
@@ -112,6 +118,7 @@ class Engine:
         self._make_source = make_source
         self._clock = clock
         self.sessions = sessions or SessionStore()
+        self.observer: EngineObserver = observer or NoObserver()
         self.subscriptions = Subscriptions()
         self._streams: dict[str, LiveStream] = {}
         self._keys = itertools.count()
@@ -220,6 +227,13 @@ class Engine:
         (the queue is full and this owner holds as many waiting questions as anyone; retry) or
         :class:`ShuttingDown`. A question of an owner holding fewer may push out the heaviest owner's
         newest one, which then ends with :class:`Busy` (see :mod:`engine.questions`)."""
+        try:
+            self._enqueue(q)
+        except LivesightError as exc:
+            self.observer.question_finished(Failed(q.id, exc))
+            raise
+
+    def _enqueue(self, q: Question) -> None:
         if self._closing:
             raise ShuttingDown("the server is shutting down; ask again when it is back")
         stream = self._streams.get(q.stream)
@@ -229,6 +243,7 @@ class Engine:
             raise NoVideo(f"stream {q.stream!r} has no video in memory yet ({stream.state.value}); ask again soon")
         if q.guided is not None and not isinstance(self.adapter, SupportsGuided):
             raise BadRequest(f"{self.adapter.model_id} does not support guided answers")
+        q.reply = _observed(q.reply, self.observer)
         out = self._questions.push(q)
         if out is q:
             raise Busy(f"{len(self._questions)} questions are waiting; ask again in a moment")
@@ -251,7 +266,7 @@ class Engine:
             q.reply(Failed(q.id, UnknownStream(f"stream {q.stream!r} was removed")))
             return
         started = self._clock()
-        turns: tuple[Turn, ...] = self.sessions.turns(q.stream, q.session)
+        turns: tuple[Turn, ...] = q.turns if q.turns is not None else self.sessions.turns(q.stream, q.session)
         first: list[float] = []
 
         def on_piece(piece: str) -> None:  # inference thread
@@ -303,15 +318,21 @@ class Engine:
                 continue
             if self._questions and (prefer_question or not has_frames):
                 q = self._questions.pop()
+                self.observer.worker_busy("answer")
                 try:
                     await self._answer(q)
                 except Exception:  # the worker must outlive any one question
                     log.exception("question %s failed outside the model", q.id)
+                finally:
+                    self.observer.worker_idle()
             else:
+                self.observer.worker_busy("ingest")
                 try:
                     await self._ingest()
                 except Exception:  # the worker must outlive any one batch; the frames are lost
                     log.exception("ingesting a batch failed")
+                finally:
+                    self.observer.worker_idle()
             prefer_question = not prefer_question
 
     async def _ingest(self) -> None:
@@ -322,8 +343,12 @@ class Engine:
                 batch.append((stream, frame))
         keyed = [(stream.key, frame) for stream, frame in batch]
         snapshots = await asyncio.get_running_loop().run_in_executor(self._executor, self._inference.ingest, keyed)
-        for stream, _ in batch:
+        now = self._clock()
+        for stream, frame in batch:
+            before = stream.memory.ingested if stream.memory else 0
             stream.memory = snapshots.get(stream.key, stream.memory)
+            if stream.memory is not None and stream.memory.ingested > before:
+                self.observer.frame_ingested(stream.name, now - frame.captured_at)
 
     # --- status --------------------------------------------------------------------------------
     def stream_names(self) -> list[str]:
@@ -364,6 +389,17 @@ class Engine:
     @property
     def queued(self) -> int:
         return len(self._questions)
+
+
+def _observed(reply: Reply, observer: EngineObserver) -> Reply:
+    """``reply``, telling ``observer`` of the question's final event too."""
+
+    def observed(ev: QuestionEvent) -> None:
+        if isinstance(ev, FINAL):
+            observer.question_finished(ev)
+        reply(ev)
+
+    return observed
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[LiveStream], None], stream: LiveStream) -> None:

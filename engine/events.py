@@ -63,6 +63,10 @@ class AnswerContext:
     tokens: int  # tokens of the cached context: visual tokens and their text headers
     visual_tokens: int
     guided: str | None  # "uniform" / "attention" when answered with question-guided dropping
+    #: tokens the answer was conditioned on (the cached context, earlier turns, the question) and tokens
+    #: it generated; None where the model does not count them
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from engine.events import AnswerContext
 from errors import BadRequest, LivesightError
 from memory import HiCoMemory, HiCoSettings, HiCoStats
-from models.adapter import ModelAdapter, Prefix, SupportsGuided, Turn
+from models.adapter import CountsUsage, ModelAdapter, Prefix, SupportsGuided, Turn
 from models.guided import GuidedAnswerer, GuidedSettings
 from stream.frame import Frame
 
@@ -155,4 +155,6 @@ class Inference:
             visual_tokens=prefix.visual_tokens,
             guided=guided,
         )
+        if isinstance(pieces, CountsUsage):
+            context = replace(context, prompt_tokens=pieces.usage.prompt, completion_tokens=pieces.usage.completion)
         return "".join(parts), context

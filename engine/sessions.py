@@ -6,13 +6,19 @@ from collections import OrderedDict, deque
 
 from models.adapter import Turn
 
+#: Turns kept per conversation, and characters kept of each stored question and answer.
+MAX_TURNS = 6
+MAX_TURN_CHARS = 2000
+
 
 class SessionStore:
     """The last ``max_turns`` turns of at most ``max_sessions`` conversations (least recently used
     conversations are forgotten first). Answers are cut to ``max_chars`` so one long answer cannot blow
     up every later prompt."""
 
-    def __init__(self, *, max_sessions: int = 1024, max_turns: int = 6, max_chars: int = 2000) -> None:
+    def __init__(
+        self, *, max_sessions: int = 1024, max_turns: int = MAX_TURNS, max_chars: int = MAX_TURN_CHARS
+    ) -> None:
         self._sessions: OrderedDict[tuple[str, str], deque[Turn]] = OrderedDict()
         self._max_sessions = max_sessions
         self._max_turns = max_turns

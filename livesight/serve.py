@@ -35,6 +35,7 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         hosts=HostCheck([*cfg.server_names, *([] if _any_address(cfg.host) else [cfg.host])]),
         limits=Limits(per_address=cfg.max_connections_per_address, total=cfg.max_connections),
         policy=policy,
+        metrics_public=cfg.metrics_public,
     )
     try:
         await app.listen(cfg.host, cfg.port)
@@ -58,7 +59,7 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
             max_streams=cfg.max_streams,
             ended_ttl_s=cfg.ended_ttl_s,
         )
-        engine = Engine(adapter, settings, functools.partial(make_source, lossless=cfg.lossless))
+        engine = Engine(adapter, settings, functools.partial(make_source, lossless=cfg.lossless), observer=app.metrics)
         await engine.start(cfg.sources)
         app.engine = engine
         log.info(
