@@ -28,9 +28,11 @@ from datetime import datetime, timezone, tzinfo
 
 from engine.budget import fit_budget, recall_reserve
 from engine.events import (
+    FINAL,
     Answered,
     Cancelled,
     Failed,
+    QuestionEvent,
     Reply,
     StatusListener,
     StreamInfo,
@@ -39,6 +41,7 @@ from engine.events import (
     Token,
 )
 from engine.inference import Ask, GuidedMode, Inference, Ingest
+from engine.observer import EngineObserver, NoObserver
 from engine.questions import FairQueue
 from engine.recall import AUTO, RecallRequest
 from engine.sessions import SessionStore
@@ -103,6 +106,8 @@ class Question:
     recall: RecallRequest = AUTO
     #: show the newest frame in detail; also when the question asks about fine detail (see wants_detail)
     detail: bool = False
+    #: the earlier turns of the conversation, given by the asker; None: the session store's for ``session``
+    turns: tuple[Turn, ...] | None = None
 
 
 class Engine:
@@ -117,6 +122,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         sessions: SessionStore | None = None,
         archive: Archive | None = None,
+        observer: EngineObserver | None = None,
     ) -> None:
         self.adapter = adapter
         self.settings = settings
@@ -131,6 +137,7 @@ class Engine:
         self._make_source = make_source
         self._clock = clock
         self.sessions = sessions or SessionStore(archive=archive)
+        self.observer: EngineObserver = observer or NoObserver()
         self.subscriptions = Subscriptions()
         self._streams: dict[str, LiveStream] = {}
         self._keys = itertools.count()
@@ -263,6 +270,13 @@ class Engine:
         (the queue is full and this owner holds as many waiting questions as anyone; retry) or
         :class:`ShuttingDown`. A question of an owner holding fewer may push out the heaviest owner's
         newest one, which then ends with :class:`Busy` (see :mod:`engine.questions`)."""
+        try:
+            self._enqueue(q)
+        except LivesightError as exc:
+            self.observer.question_finished(Failed(q.id, exc))
+            raise
+
+    def _enqueue(self, q: Question) -> None:
         if self._closing:
             raise ShuttingDown("the server is shutting down; ask again when it is back")
         stream = self._streams.get(q.stream)
@@ -272,6 +286,7 @@ class Engine:
             raise NoVideo(f"stream {q.stream!r} has no video in memory yet ({stream.state.value}); ask again soon")
         if q.guided is not None and not isinstance(self.adapter, SupportsGuided):
             raise BadRequest(f"{self.adapter.model_id} does not support guided answers")
+        q.reply = _observed(q.reply, self.observer)
         out = self._questions.push(q)
         if out is q:
             raise Busy(f"{len(self._questions)} questions are waiting; ask again in a moment")
@@ -294,7 +309,7 @@ class Engine:
             q.reply(Failed(q.id, UnknownStream(f"stream {q.stream!r} was removed")))
             return
         started = self._clock()
-        turns: tuple[Turn, ...] = self.sessions.turns(q.stream, q.session)
+        turns: tuple[Turn, ...] = q.turns if q.turns is not None else self.sessions.turns(q.stream, q.session)
         first: list[float] = []
 
         def on_piece(piece: str) -> None:  # inference thread
@@ -355,15 +370,21 @@ class Engine:
                 continue
             if self._questions and (prefer_question or not has_frames):
                 q = self._questions.pop()
+                self.observer.worker_busy("answer")
                 try:
                     await self._answer(q)
                 except Exception:  # the worker must outlive any one question
                     log.exception("question %s failed outside the model", q.id)
+                finally:
+                    self.observer.worker_idle()
             else:
+                self.observer.worker_busy("ingest")
                 try:
                     await self._ingest()
                 except Exception:  # the worker must outlive any one batch; the frames are lost
                     log.exception("ingesting a batch failed")
+                finally:
+                    self.observer.worker_idle()
             prefer_question = not prefer_question
 
     async def _ingest(self) -> None:
@@ -374,8 +395,12 @@ class Engine:
                 batch.append((stream, frame))
         keyed = [Ingest(stream.key, stream.name, frame, stream.source.wall_clock) for stream, frame in batch]
         snapshots = await asyncio.get_running_loop().run_in_executor(self._executor, self._inference.ingest, keyed)
-        for stream, _ in batch:
+        now = self._clock()
+        for stream, frame in batch:
+            before = stream.memory.ingested if stream.memory else 0
             stream.memory = snapshots.get(stream.key, stream.memory)
+            if stream.memory is not None and stream.memory.ingested > before:
+                self.observer.frame_ingested(stream.name, now - frame.captured_at)
 
     # --- status --------------------------------------------------------------------------------
     def stream_names(self) -> list[str]:
@@ -432,6 +457,17 @@ _DETAIL = re.compile(
 def wants_detail(question: str) -> bool:
     """Whether a question asks about fine detail, so the newest frame is shown at high resolution."""
     return _DETAIL.search(question) is not None
+
+
+def _observed(reply: Reply, observer: EngineObserver) -> Reply:
+    """``reply``, telling ``observer`` of the question's final event too."""
+
+    def observed(ev: QuestionEvent) -> None:
+        if isinstance(ev, FINAL):
+            observer.question_finished(ev)
+        reply(ev)
+
+    return observed
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[LiveStream], None], stream: LiveStream) -> None:

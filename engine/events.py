@@ -95,6 +95,10 @@ class AnswerContext:
     recalled: tuple[RecalledSpan, ...] = ()  # archived clips added after the cached context
     recall: str | None = None  # why: "time" (a window) or "content"; None when nothing was recalled
     detail: bool = False  # the newest frame was shown in detail
+    #: tokens the answer was conditioned on (the cached context, earlier turns, the question) and tokens
+    #: it generated; None where the model does not count them
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Literal
 
@@ -26,7 +26,7 @@ from engine.events import AnswerContext, RecalledSpan
 from engine.recall import AUTO, Recalled, Recaller, RecallRequest
 from errors import BadRequest, LivesightError, NoVideo, TooLarge
 from memory import HiCoMemory, HiCoSettings, HiCoStats, Segment
-from models.adapter import ModelAdapter, Prefix, SupportsGuided, SupportsRecall, Turn
+from models.adapter import CountsUsage, ModelAdapter, Prefix, SupportsGuided, SupportsRecall, Turn, Usage
 from models.guided import GuidedAnswerer, GuidedSettings
 from store.archive import Archive, ArchiveReader
 from stream.frame import Frame
@@ -233,10 +233,11 @@ class Inference:
         try:
             prefix = self._sync_prefix(mem)
             recalled = Recalled((), "")
+            usage: Usage | None = None
             if ask.guided is None:
                 recalled = self._recall(ask, mem)
                 detail = mem.last_image if ask.detail else None
-                text, recalled, detail_used = self._generate(prefix, ask, recalled, detail, on_piece)
+                text, recalled, detail_used, usage = self._generate(prefix, ask, recalled, detail, on_piece)
             else:
                 text = self._guided(ask, mem, on_piece)
                 detail_used = False
@@ -245,7 +246,10 @@ class Inference:
         except Exception:
             mem.prefix = None
             raise
-        return text, self._context(prefix, ask, recalled, detail_used)
+        context = self._context(prefix, ask, recalled, detail_used)
+        if usage is not None:
+            context = replace(context, prompt_tokens=usage.prompt, completion_tokens=usage.completion)
+        return text, context
 
     def _generate(
         self,
@@ -254,7 +258,7 @@ class Inference:
         recalled: Recalled,
         detail: np.ndarray | None,
         on_piece: Callable[[str], None],
-    ) -> tuple[str, Recalled, bool]:
+    ) -> tuple[str, Recalled, bool, Usage | None]:
         # What to try, richest first: without the detail, then without the recalled clips too.
         attempts = [(recalled, detail)]
         if detail is not None:
@@ -274,7 +278,8 @@ class Inference:
                 if parts or (not rec.segments and det is None):
                     raise
                 continue
-            return "".join(parts), rec, det is not None
+            usage = pieces.usage if isinstance(pieces, CountsUsage) else None
+            return "".join(parts), rec, det is not None, usage
         raise TooLarge("the question does not fit the model's context window")
 
     def _recall(self, ask: Ask, mem: _StreamMemory) -> Recalled:

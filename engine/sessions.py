@@ -7,6 +7,10 @@ from collections import OrderedDict, deque
 from models.adapter import Turn
 from store.archive import Archive, ArchiveReader
 
+#: Turns kept per conversation, and characters kept of each stored question and answer.
+MAX_TURNS = 6
+MAX_TURN_CHARS = 2000
+
 
 class SessionStore:
     """The last ``max_turns`` turns of at most ``max_sessions`` conversations (least recently used
@@ -17,8 +21,8 @@ class SessionStore:
         self,
         *,
         max_sessions: int = 1024,
-        max_turns: int = 6,
-        max_chars: int = 2000,
+        max_turns: int = MAX_TURNS,
+        max_chars: int = MAX_TURN_CHARS,
         archive: Archive | None = None,
     ) -> None:
         self._sessions: OrderedDict[tuple[str, str], deque[Turn]] = OrderedDict()

@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         help="websocket connections at once from one client address (default 16)",
     )
+    s.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve the Prometheus metrics at /metrics without a token (default: any valid token; a viewer's "
+        "scrape shows its own streams only). Everyone who can reach the port then sees every stream's name",
+    )
     s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     s.add_argument(
         "--load-4bit",
@@ -209,6 +215,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "retain_bytes": args.retain_bytes,
         "timezone": args.timezone,
         "recall_tokens": args.recall_tokens,
+        "metrics_public": args.metrics_public,
     }
     sources: list[object] = []
     if args.config:

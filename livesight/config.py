@@ -55,6 +55,7 @@ class ServeConfig(BaseModel):
     allow_hosts: list[str] = Field(
         default_factory=list, description="camera hosts and networks add_stream may connect to"
     )
+    metrics_public: bool = Field(False, description="serve /metrics without a token")
 
     @field_validator("sources", mode="before")
     @classmethod

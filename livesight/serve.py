@@ -39,6 +39,7 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         hosts=HostCheck([*cfg.server_names, *([] if _any_address(cfg.host) else [cfg.host])]),
         limits=Limits(per_address=cfg.max_connections_per_address, total=cfg.max_connections),
         policy=policy,
+        metrics_public=cfg.metrics_public,
     )
     try:
         await app.listen(cfg.host, cfg.port)
@@ -68,7 +69,13 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
             recall_tokens=cfg.recall_tokens,
         )
         archive = await _open_archive(cfg, adapter)
-        engine = Engine(adapter, settings, functools.partial(make_source, lossless=cfg.lossless), archive=archive)
+        engine = Engine(
+            adapter,
+            settings,
+            functools.partial(make_source, lossless=cfg.lossless),
+            archive=archive,
+            observer=app.metrics,
+        )
         await engine.start(cfg.sources)
         app.engine = engine
         log.info(

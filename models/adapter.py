@@ -30,6 +30,26 @@ class Turn:
     answer: str
 
 
+@dataclass(slots=True)
+class Usage:
+    """Tokens one answer read and generated, counted while it is generated (final once its pieces are
+    exhausted)."""
+
+    #: everything the answer was conditioned on: the cached prefix, pieces after it, earlier turns and the
+    #: question (None: not counted)
+    prompt: int | None = None
+    #: tokens generated, the end-of-answer token excluded
+    completion: int = 0
+
+
+@runtime_checkable
+class CountsUsage(Protocol):
+    """An optional capability of the pieces :meth:`ModelAdapter.generate` returns: they count the answer's
+    tokens (:class:`Usage`), which text pieces cannot tell (a piece may hold several tokens, or none)."""
+
+    usage: Usage
+
+
 @dataclass(frozen=True, slots=True)
 class Encoded:
     """Visual tokens of a batch of frames.

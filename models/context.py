@@ -32,7 +32,7 @@ from transformers import DynamicCache
 from errors import TooLarge
 from memory.segment import Segment
 from models import probe
-from models.adapter import Encoded, Prefix, Turn
+from models.adapter import Encoded, Prefix, Turn, Usage
 from models.prompts import DETAIL, RECALLED
 
 
@@ -446,9 +446,11 @@ class EmbeddingContext:
         cancel: threading.Event,
         *,
         extra: Sequence[Piece] = (),
+        usage: Usage | None = None,
     ) -> Iterator[int]:
         """Greedy decoding on the cached prefix, after ``extra`` pieces (see :meth:`context_pieces`); yields
-        token ids; restores the cache when done.
+        token ids; restores the cache when done. ``usage.prompt`` is set to the tokens the answer is
+        conditioned on once they are read.
 
         Earlier turns are dropped, oldest first, when the prefix, the extra pieces, the question and
         ``max_new_tokens`` would not fit in the model's positions; :class:`TooLarge` if even the question
@@ -459,6 +461,8 @@ class EmbeddingContext:
         suffix = self.fit_suffix(prefix, turns, question, max_new_tokens, start=after)
         try:
             logits, chunk = self._prefill([*extra, suffix], cache, prefix.next_position)
+            if usage is not None:
+                usage.prompt = prefix.length + chunk.length
             pos = chunk.end
             for _ in range(max_new_tokens):
                 if cancel.is_set():
@@ -511,22 +515,41 @@ class EmbeddingContext:
         recalled: Sequence[Segment] = (),
         detail: np.ndarray | None = None,
     ) -> Iterator[str]:
-        """Greedy answer as text pieces, decoded incrementally (never splitting a UTF-8 character)."""
+        """Greedy answer as text pieces, decoded incrementally (never splitting a UTF-8 character); the
+        pieces count the answer's tokens (:class:`~models.adapter.CountsUsage`)."""
         extra = self.context_pieces(recalled, detail)
-        return self.text_pieces(self.generate_ids(own(prefix), turns, question, max_new_tokens, cancel, extra=extra))
+        usage = Usage()
+        ids = self.generate_ids(own(prefix), turns, question, max_new_tokens, cancel, extra=extra, usage=usage)
+        return TextPieces(self.tokenizer, ids, usage)
 
-    def text_pieces(self, tokens: Iterable[int]) -> Iterator[str]:
-        """Token ids -> text pieces as soon as they decode to whole characters."""
+    def text_pieces(self, tokens: Iterable[int]) -> TextPieces:
+        """Token ids -> text pieces as soon as they decode to whole characters (counting the tokens)."""
+        return TextPieces(self.tokenizer, tokens)
+
+
+class TextPieces(Iterator[str]):
+    """Token ids -> text pieces as soon as they decode to whole characters; ``usage.completion`` counts
+    the ids read (:class:`~models.adapter.CountsUsage`)."""
+
+    def __init__(self, tokenizer: Any, tokens: Iterable[int], usage: Usage | None = None) -> None:
+        self.usage = usage if usage is not None else Usage()
+        self._pieces = self._decode(tokenizer, tokens)
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def _decode(self, tokenizer: Any, tokens: Iterable[int]) -> Iterator[str]:
         ids: list[int] = []
         sent = ""
         for token in tokens:
             ids.append(token)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            self.usage.completion += 1
+            text = tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):
                 continue
             if len(text) > len(sent) and text.startswith(sent):
                 yield text[len(sent) :]
                 sent = text
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
         if text != sent and text.startswith(sent):
             yield text[len(sent) :]

@@ -45,7 +45,7 @@ def server(tmp_path: Path) -> Iterator[tuple[int, str]]:
     port, token = free_port(), "cli-test-token"
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [LIVESIGHT, "serve", "--model", "tiny-random", "--port", str(port), "--fps", "4"],
+        [LIVESIGHT, "serve", "--model", "tiny-random", "--port", str(port), "--fps", "4", "--metrics-public"],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "LIVESIGHT_TOKEN": token},
@@ -110,6 +110,11 @@ def test_serve_tiny_random_answers_ask_with_streamed_tokens(server: tuple[int, s
     # a wrong token is refused
     res = run("ask", "--url", url, "--token", "wrong-token", "--stream", "demo", "x")
     assert res.returncode == 2 and "unauthorized" in res.stderr
+    # --metrics-public: /metrics without a token, fed by the engine serve started
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert 'livesight_questions_total{code="",outcome="answered"} 2.0' in metrics
+    assert 'livesight_stream_ingest_lag_seconds_count{stream="demo"}' in metrics
 
 
 def test_a_model_that_is_neither_cached_nor_reachable_fails_fast_and_says_what_to_do(tmp_path: Path) -> None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import engine.inference as inference_mod
-from engine.engine import Engine, EngineSettings
-from engine.events import StreamInfo
-from errors import ConfigError
+from engine.engine import Engine, EngineSettings, Question
+from engine.events import Answered, Cancelled, Failed, QuestionEvent, StreamInfo
+from engine.observer import Work
+from errors import ConfigError, UnknownStream
 from memory import HiCoMemory, Segment
+from models.adapter import Turn
 from models.families.smolvlm import SmolVLMAdapter
 from stream.spec import parse_source
 from tests.media import write_video
@@ -79,3 +83,58 @@ async def test_two_streams_share_one_worker_and_both_fill_memory(tiny: SmolVLMAd
 def test_a_budget_smaller_than_one_frame_is_refused(tiny: SmolVLMAdapter) -> None:
     with pytest.raises(ConfigError, match="too small"):
         Engine(tiny, EngineSettings(budget=tiny.tokens_per_frame - 1), source_factory())
+
+
+class RecordingObserver:
+    """An :class:`~engine.observer.EngineObserver` that writes down every call."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.finished: list[Answered | Cancelled | Failed] = []
+        self.work: list[Work | None] = []  # busy with what; None: idle
+
+    def frame_ingested(self, stream: str, lag_s: float) -> None:
+        self.lags.append(lag_s)
+
+    def question_finished(self, event: Answered | Cancelled | Failed) -> None:
+        self.finished.append(event)
+
+    def worker_busy(self, work: Work) -> None:
+        self.work.append(work)
+
+    def worker_idle(self) -> None:
+        self.work.append(None)
+
+
+async def test_the_engine_reports_to_its_observer(tiny: SmolVLMAdapter) -> None:
+    """Frames with their lag, every question's end (refusals at submission too), and busy/idle in pairs;
+    a question's own turns are used instead of the session store's."""
+    seen = RecordingObserver()
+    engine = Engine(tiny, EngineSettings(fps=5.0), source_factory(), observer=seen)
+    await engine.start([parse_source("a=demo")])
+    events: list[QuestionEvent] = []
+
+    async def answer(qid: str, turns: tuple[Turn, ...] | None) -> Answered:
+        engine.submit(Question(qid, "a", "Hi?", 4, None, events.append, time.time(), turns=turns))
+        await until(lambda: any(isinstance(e, Answered) and e.question == qid for e in events), 60, "the answer")
+        return next(e for e in events if isinstance(e, Answered) and e.question == qid)
+
+    try:
+        with pytest.raises(UnknownStream):
+            engine.submit(Question("q0", "nope", "Hi?", 4, None, events.append, time.time()))
+        await until(lambda: bool(seen.lags), 60, "a frame")
+        alone = await answer("q1", None)
+        after = await answer("q2", (Turn("Is it red?", "No, it is blue."),))
+    finally:
+        await engine.close()
+    assert [type(e) for e in seen.finished] == [Failed, Answered, Answered]
+    assert isinstance(seen.finished[0], Failed) and isinstance(seen.finished[0].error, UnknownStream)
+    assert all(0 <= lag < 30 for lag in seen.lags)
+    assert seen.work[0] in ("answer", "ingest") and "answer" in seen.work
+    assert all((a is None) != (b is None) for a, b in itertools.pairwise(seen.work))  # busy, idle, busy, ...
+
+    def suffix(a: Answered) -> int:
+        assert a.context.prompt_tokens is not None
+        return a.context.prompt_tokens - a.context.tokens
+
+    assert suffix(after) > suffix(alone) + 5  # the given turn reached the model

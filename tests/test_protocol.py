@@ -138,7 +138,9 @@ def test_busy_is_retryable_and_retryable_can_be_set() -> None:
 
 
 def test_question_events_become_their_messages() -> None:
-    ctx = AnswerContext(start=1.0, end=9.0, frames=8, tokens=300, visual_tokens=128, guided=None)
+    ctx = AnswerContext(
+        start=1.0, end=9.0, frames=8, tokens=300, visual_tokens=128, guided=None, prompt_tokens=310, completion_tokens=3
+    )
     timing = Timing(queue_ms=0.5, ttft_ms=12.0, total_ms=40.0)
     assert protocol.event(Token("q1", "Hi")) == {"type": "token", "id": "q1", "text": "Hi"}
     assert protocol.event(Answered("q1", "Hi there", ctx, timing)) == {
@@ -158,6 +160,8 @@ def test_question_events_become_their_messages() -> None:
             "recalled": [],
             "recall": None,
             "detail": False,
+            "prompt_tokens": 310,
+            "completion_tokens": 3,
         },
         "timing": {"queue_ms": 0.5, "ttft_ms": 12.0, "total_ms": 40.0},
     }

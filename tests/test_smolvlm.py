@@ -10,7 +10,7 @@ import torch
 
 from errors import TooLarge
 from memory import RollingMemory
-from models.adapter import Turn
+from models.adapter import CountsUsage, Turn
 from models.context import EmbeddingPrefix
 from models.families.smolvlm import SmolVLMAdapter
 from stream.demo import render
@@ -82,6 +82,24 @@ def test_generation_streams_text_and_restores_the_prefix(tiny: SmolVLMAdapter) -
     assert "".join(pieces) == tiny.tokenizer.decode(ids, skip_special_tokens=True)
     # Deterministic (greedy) and unaffected by the earlier generation.
     assert list(tiny.generate(prefix, [], "Describe it.", 12, threading.Event())) == pieces
+
+
+def test_the_answer_counts_its_tokens_exactly(tiny: SmolVLMAdapter) -> None:
+    """Usage (OpenAI's usage counts): completion = the ids generated, prompt = the prefix plus the question
+    and turns as the model read them (after older turns were dropped to fit)."""
+    prefix = tiny.build_prefix(memory_of(tiny, 2).segments())
+    assert isinstance(prefix, EmbeddingPrefix)
+    turns = [Turn("Was it red?", "No.")]
+    for limit in (1, 7, 40):
+        pieces = tiny.generate(prefix, turns, "Describe it.", limit, threading.Event())
+        assert isinstance(pieces, CountsUsage)
+        assert pieces.usage.prompt is None  # nothing read yet: generation is lazy
+        text = "".join(pieces)
+        ids = list(tiny.generate_ids(prefix, turns, "Describe it.", limit, threading.Event()))
+        assert pieces.usage.completion == len(ids) <= limit
+        assert text == tiny.tokenizer.decode(ids, skip_special_tokens=True)
+        suffix = tiny.fit_suffix(prefix, turns, "Describe it.", limit)
+        assert pieces.usage.prompt == prefix.length + len(tiny.tokenize(suffix))
 
 
 def test_cancel_stops_generation_and_restores_the_prefix(tiny: SmolVLMAdapter) -> None:

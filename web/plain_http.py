@@ -5,6 +5,11 @@ websockets parses only what a websocket handshake can be: a GET without a body. 
 bytes of a connection: a GET goes to websockets as before (the websocket API, ``/healthz``, the page);
 any other method is read here as one HTTP/1.1 request, with bounded headers and body and a deadline,
 answered by an async handler, and the connection is closed after the response (no keep-alive).
+
+A response is either one buffered body or a stream of byte chunks (server-sent events), sent as they come
+with the chunked transfer coding (HTTP/1.0 clients: delimited by the close). A client that leaves stops
+the stream at once: it is closed (``aclose``), which is how its producer learns to stop; a handler that
+waits can watch :attr:`HttpRequest.gone` for the same.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -27,6 +32,7 @@ MAX_HEAD_BYTES = 16 * 1024  # request line and headers
 MAX_BODY_BYTES = 64 * 1024  # an SDP offer is 2-10 KB
 READ_TIMEOUT_S = 5.0  # for the whole request to arrive
 FLUSH_TIMEOUT_S = 5.0  # for the response to leave before the connection is dropped
+STALL_TIMEOUT_S = 30.0  # a streamed response's client that takes nothing for this long is dropped
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -37,6 +43,17 @@ class HttpRequest:
     headers: Headers
     body: bytes
     peer: str | None = None  # the client's address
+    version: str = "HTTP/1.1"
+    #: done when the client's connection is gone (a handler that waits long can stop early)
+    gone: asyncio.Future[None] | None = field(default=None, compare=False)
+
+
+class BodyStream(Protocol):
+    """A streamed response body: byte chunks, and ``aclose`` (always called once the response ends,
+    whether the stream was read to its end, cut short by the client leaving, or never started)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +61,23 @@ class HttpResponse:
     status: HTTPStatus
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: a streamed body, sent chunk by chunk as it comes (``body`` is then ignored)
+    stream: BodyStream | None = None
 
-    def encode(self) -> bytes:
+    def head(self, *, chunked: bool = False) -> bytes:
+        """The status line and headers; a streamed response has no length: chunked, or ended by the close."""
         lines = [f"HTTP/1.1 {self.status.value} {self.status.phrase}"]
         lines += [f"{k}: {v}" for k, v in self.headers]
-        lines += [f"Content-Length: {len(self.body)}", "Connection: close", "Cache-Control: no-store"]
-        lines += ["Server: livesight", "", ""]
-        return "\r\n".join(lines).encode("latin-1") + self.body
+        if self.stream is None:
+            lines.append(f"Content-Length: {len(self.body)}")
+        elif chunked:
+            lines.append("Transfer-Encoding: chunked")
+        lines += ["Connection: close", "Cache-Control: no-store", "Server: livesight", "", ""]
+        return "\r\n".join(lines).encode("latin-1")
+
+    def encode(self) -> bytes:
+        """The whole response, for one that is not streamed."""
+        return self.head() + self.body
 
 
 class HttpError(Exception):
@@ -67,15 +94,25 @@ class HttpError(Exception):
         return HttpResponse(self.status, body, [("Content-Type", "application/json"), *self.headers])
 
 
+class ClientGone(Exception):
+    """Raised by a handler whose client left (:attr:`HttpRequest.gone`): there is nobody to answer."""
+
+
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+#: Shapes the response to an :class:`HttpError` for the request's path (None: not read that far).
+ErrorShaper = Callable[[HttpError, "str | None"], HttpResponse]
 
 
-def connection_class(handler: HttpHandler) -> type[ServerConnection]:
-    """A :class:`ServerConnection` class that answers non-GET requests with ``handler``."""
+def connection_class(handler: HttpHandler, errors: ErrorShaper | None = None) -> type[ServerConnection]:
+    """A :class:`ServerConnection` class that answers non-GET requests with ``handler``; errors are
+    ``{"error": message}`` unless ``errors`` shapes them."""
 
     class _Connection(PlainHttpConnection):
         async def handle_http(self, request: HttpRequest) -> HttpResponse:
             return await handler(request)
+
+        def error_response(self, error: HttpError, target: str | None) -> HttpResponse:
+            return errors(error, target) if errors is not None else error.response()
 
     return _Connection
 
@@ -90,6 +127,8 @@ class PlainHttpConnection(ServerConnection):
         self._buf = bytearray()
         self._arrived = asyncio.Event()
         self._eof = False
+        self._target: str | None = None  # the request's target, once its head is read
+        self._chunked = False  # a streamed response is sent chunked (the client speaks HTTP/1.1)
 
     # --- routing the bytes -----------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -145,15 +184,21 @@ class PlainHttpConnection(ServerConnection):
             except ConnectionError:
                 return  # the client left mid-request: nobody to answer
             response = await self.handle_http(request)
+        except ClientGone:
+            return
         except HttpError as exc:
-            response = exc.response()
+            response = self.error_response(exc, self._target)
         except Exception:
             log.exception("HTTP request handler failed")
-            response = HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the server log").response()
+            internal = HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the server log")
+            response = self.error_response(internal, self._target)
         await self._respond(response)
 
     async def handle_http(self, request: HttpRequest) -> HttpResponse:
         raise NotImplementedError
+
+    def error_response(self, error: HttpError, target: str | None) -> HttpResponse:
+        return error.response()
 
     # --- one request, one response ---------------------------------------------------------------
     async def _read_request(self) -> HttpRequest:
@@ -166,7 +211,9 @@ class PlainHttpConnection(ServerConnection):
             await self._more()
         if end > MAX_HEAD_BYTES:
             raise HttpError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"headers over {MAX_HEAD_BYTES} bytes")
-        method, target, headers = _parse_head(bytes(self._buf[:end]))
+        method, target, version, headers = _parse_head(bytes(self._buf[:end]))
+        self._target = target
+        self._chunked = version == "HTTP/1.1"
         if "Transfer-Encoding" in headers:
             raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length, not chunked")
         length = _content_length(headers)
@@ -178,7 +225,8 @@ class PlainHttpConnection(ServerConnection):
         while len(self._buf) < start + length:
             await self._more()
         peer = self.remote_address[0] if self.remote_address else None
-        return HttpRequest(method, target, headers, bytes(self._buf[start : start + length]), peer)
+        body = bytes(self._buf[start : start + length])
+        return HttpRequest(method, target, headers, body, peer, version, asyncio.shield(self.connection_lost_waiter))
 
     async def _more(self) -> None:
         if self._eof or self.connection_lost_waiter.done():
@@ -187,17 +235,56 @@ class PlainHttpConnection(ServerConnection):
         await self._arrived.wait()  # set by new data, EOF and connection_lost
 
     async def _respond(self, response: HttpResponse) -> None:
-        if self.connection_lost_waiter.done():
-            return
-        self.transport.write(response.encode())
+        try:
+            if self.connection_lost_waiter.done():
+                return
+            if response.stream is None:
+                self.transport.write(response.encode())
+            else:
+                self.transport.write(response.head(chunked=self._chunked))
+                await self._stream(response.stream, self._chunked)
+        finally:
+            if response.stream is not None:
+                await response.stream.aclose()
         self.transport.close()  # flushes, then closes
         try:
             await asyncio.wait_for(asyncio.shield(self.connection_lost_waiter), FLUSH_TIMEOUT_S)
         except TimeoutError:
             self.transport.abort()
 
+    async def _stream(self, body: BodyStream, chunked: bool) -> None:
+        """Send ``body``'s chunks as they come, until it ends or the client leaves."""
+        chunks = aiter(body)
+        lost = self.connection_lost_waiter
+        while True:
+            step: asyncio.Future[bytes] = asyncio.ensure_future(anext(chunks))
+            waiting: list[asyncio.Future[Any]] = [step, lost]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():  # the client left: stop the producer where it waits
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
+                return
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                break
+            except Exception:  # a producer's bug: the response ends unfinished (no last chunk)
+                log.exception("a streamed HTTP response failed")
+                return
+            if chunk:
+                self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                try:  # a client that reads slowly holds the producer back; one that stops is dropped
+                    await asyncio.wait_for(self.drain(), STALL_TIMEOUT_S)
+                except (asyncio.TimeoutError, ConnectionError):
+                    self.transport.abort()
+                    return
+            if lost.done():
+                return
+        if chunked:
+            self.transport.write(b"0\r\n\r\n")
 
-def _parse_head(head: bytes) -> tuple[str, str, Headers]:
+
+def _parse_head(head: bytes) -> tuple[str, str, str, Headers]:
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not _TOKEN.match(parts[0]) or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
@@ -213,7 +300,7 @@ def _parse_head(head: bytes) -> tuple[str, str, Headers]:
             headers[name.decode("ascii")] = value.strip().decode("latin-1")
         except UnicodeDecodeError:
             raise HttpError(HTTPStatus.BAD_REQUEST, "malformed HTTP header line") from None
-    return parts[0].decode("ascii"), parts[1].decode("latin-1"), headers
+    return parts[0].decode("ascii"), parts[1].decode("latin-1"), parts[2].decode("ascii"), headers
 
 
 def _content_length(headers: Headers) -> int:

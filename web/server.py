@@ -1,9 +1,12 @@
-"""One port: ``GET /healthz``, the websocket API at ``/v1/ws``, the page at ``/``, and WHIP ingest at
-``/v1/whip/<name>`` (non-GET requests, answered by :mod:`web.whip` through :mod:`web.plain_http`).
+"""One port: ``GET /healthz``, the websocket API at ``/v1/ws``, the page at ``/``, Prometheus metrics at
+``/metrics`` (:mod:`web.metrics`), the OpenAI-compatible API at ``/v1/models`` and ``/v1/chat/completions``
+(:mod:`web.openai_http`), and WHIP ingest at ``/v1/whip/<name>`` (:mod:`web.whip`). GET requests are
+answered in websockets' ``process_request``; other methods come through :mod:`web.plain_http`.
 
 Every request's ``Host`` must name this server (:class:`HostCheck`), which stops DNS rebinding: a page on
 a hostile name that resolves to this machine is refused even though its ``Origin`` matches its ``Host``.
-Websocket connections are limited per client address and in total, refused with 503 and a reason.
+Websocket connections and chat completions in progress are limited per client address and in total
+(:mod:`web.slots`), refused with a reason.
 """
 
 from __future__ import annotations
@@ -13,9 +16,7 @@ import ipaddress
 import json
 import logging
 import socket
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -28,23 +29,19 @@ from websockets.http11 import Request, Response
 from engine.engine import Engine
 from errors import Unauthorized
 from stream.policy import SourcePolicy
+from web import openai_api
 from web.auth import Authenticator
 from web.connection import OUTBOX, OUTBOX_BYTES, ClientConnection
-from web.plain_http import connection_class
+from web.metrics import METRICS_PATH, Metrics
+from web.openai_http import OpenAIEndpoint, shape_error
+from web.plain_http import HttpError, HttpRequest, HttpResponse, connection_class
 from web.protocol import HARD_LIMIT_BYTES
+from web.slots import Limits, Slots
 from web.whip import WHIP_PATH, WhipEndpoint
 
 log = logging.getLogger("livesight.web")
 
 WS_PATH = "/v1/ws"
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Websocket connections allowed at once, per client address and in all."""
-
-    per_address: int = 16
-    total: int = 256
 
 
 class HostCheck:
@@ -78,6 +75,12 @@ def json_response(status: HTTPStatus, data: dict[str, Any], extra: Iterable[tupl
     return _response(status, json.dumps(data).encode(), "application/json", extra)
 
 
+def _from_plain(response: HttpResponse) -> Response:
+    """A buffered :class:`HttpResponse` as websockets' response to a GET."""
+    headers = Headers([*response.headers, ("Content-Length", str(len(response.body))), ("Cache-Control", "no-store")])
+    return Response(response.status.value, response.status.phrase, headers, response.body)
+
+
 def bearer(headers: Headers) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None."""
     scheme, _, token = headers.get("Authorization", "").partition(" ")
@@ -97,6 +100,7 @@ class App:
         hosts: HostCheck | None = None,
         limits: Limits | None = None,
         policy: SourcePolicy | None = None,
+        metrics_public: bool = False,
     ) -> None:
         self.auth = auth
         self.outbox = outbox
@@ -107,9 +111,15 @@ class App:
         self.policy = policy or SourcePolicy()
         self.engine: Engine | None = None
         self.failure: str | None = None
+        self.metrics_public = metrics_public
         self._server: Server | None = None
         self._clients: set[ClientConnection] = set()
-        self._per_address: Counter[str] = Counter()
+        self._slots = Slots(self.limits)
+        #: the engine's observer (serve passes it to the Engine) and the registry /metrics shows
+        self.metrics = Metrics(model_id)
+        self.metrics.bind(lambda: self.engine, lambda: len(self._clients), lambda: self.auth.limiter.total)
+        self.openai = OpenAIEndpoint(auth, lambda: self.engine, self._slots)
+        self._whip = WhipEndpoint(auth, lambda: self.engine, self.hosts)
 
     # --- HTTP ------------------------------------------------------------------------------------
     def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
@@ -118,6 +128,15 @@ class App:
         path = urlsplit(request.path).path
         if path == "/healthz":
             return self._health(request.headers, _address(conn))
+        if path == METRICS_PATH:
+            return self._metrics(request.headers, _address(conn))
+        if path == openai_api.MODELS_PATH or path.startswith(openai_api.MODELS_PATH + "/"):
+            return _from_plain(self.openai.models(path, request.headers.get("Authorization"), _address(conn)))
+        if path == openai_api.CHAT_PATH:
+            refusal = openai_api.ApiError(
+                HTTPStatus.METHOD_NOT_ALLOWED, "ask with POST", "bad_request", headers=[("Allow", "POST")]
+            )
+            return json_response(refusal.status, refusal.body(), refusal.headers)
         if path == WS_PATH:
             origin = request.headers.get("Origin")
             host = request.headers.get("Host")
@@ -135,13 +154,27 @@ class App:
         return json_response(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
 
     def _refuse_over_limit(self, address: str) -> Response | None:
-        if self._per_address[address] >= self.limits.per_address:
-            why = f"too many connections from your address (at most {self.limits.per_address})"
-        elif len(self._clients) >= self.limits.total:
-            why = f"too many connections (at most {self.limits.total})"
-        else:
+        refusal = self._slots.refusal(address)
+        if refusal is None:
             return None
-        return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": why}, [("Retry-After", "5")])
+        return json_response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": refusal[0]}, [("Retry-After", "5")])
+
+    def _metrics(self, headers: Headers, address: str) -> Response:
+        """The metrics: any valid token (a viewer's: its own streams only), or none with ``metrics_public``."""
+        streams: frozenset[str] | None = None
+        if not self.metrics_public:
+            token = bearer(headers)
+            challenge = [("WWW-Authenticate", 'Bearer realm="livesight"')]
+            if token is None:
+                return json_response(
+                    HTTPStatus.UNAUTHORIZED, {"error": "send Authorization: Bearer <token>"}, challenge
+                )
+            try:
+                streams = self.auth.authenticate(token, address).streams
+            except Unauthorized as exc:
+                return json_response(HTTPStatus.UNAUTHORIZED, {"error": exc.message}, challenge)
+        body, content_type = self.metrics.exposition(headers.get("Accept"), streams)
+        return _response(HTTPStatus.OK, body, content_type)
 
     def _health(self, headers: Headers, address: str) -> Response:
         """Liveness for anyone; the model, streams and queue only for a valid bearer token."""
@@ -182,14 +215,12 @@ class App:
             ws, engine, self.auth, policy=self.policy, outbox=self.outbox, outbox_bytes=self.outbox_bytes
         )
         self._clients.add(client)
-        self._per_address[address] += 1
+        release = self._slots.take(address)
         try:
             await client.run()
         finally:
             self._clients.discard(client)
-            self._per_address[address] -= 1
-            if not self._per_address[address]:
-                del self._per_address[address]
+            release()
 
     @property
     def connections(self) -> int:
@@ -207,9 +238,21 @@ class App:
             compression=None,
             server_header="livesight",
             close_timeout=3,
-            create_connection=connection_class(WhipEndpoint(self.auth, lambda: self.engine, self.hosts)),
+            create_connection=connection_class(self._plain, self._shape_error),
         )
         return self._server
+
+    async def _plain(self, request: HttpRequest) -> HttpResponse:
+        """Every non-GET request: chat completions, else WHIP (which answers unknown routes)."""
+        if not self.hosts.allows(request.headers.get("Host")):
+            raise HttpError(HTTPStatus.MISDIRECTED_REQUEST, "this server does not answer to that Host")
+        if urlsplit(request.target).path == openai_api.CHAT_PATH:
+            return await self.openai.chat(request)
+        return await self._whip(request)
+
+    @staticmethod
+    def _shape_error(error: HttpError, target: str | None) -> HttpResponse:
+        return shape_error(error, target) or error.response()
 
     async def drain(self, timeout: float = 2.0) -> None:
         """Let every client's queued messages go out (at most ``timeout`` seconds), before a shutdown."""

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("livesight.web")
 
 WHIP_PATH = "/v1/whip/"
-_GET_ONLY = ("/", "/index.html", "/healthz", "/v1/ws")
+_GET_ONLY = ("/", "/index.html", "/healthz", "/v1/ws", "/metrics", "/v1/models")
 
 
 class WhipEndpoint:

@@ -58,6 +58,7 @@ async def running_server(
     limits: Limits | None = None,
     policy: SourcePolicy | None = None,
     port: int = 0,
+    metrics_public: bool = False,
 ) -> AsyncIterator[Server]:
     """A real App + Engine listening on loopback ``port`` (0: a free one), torn down afterwards."""
     app = App(
@@ -68,9 +69,10 @@ async def running_server(
         hosts=hosts,
         limits=limits,
         policy=policy,
+        metrics_public=metrics_public,
     )
     await app.listen("127.0.0.1", port)
-    engine = Engine(adapter, settings, make or source_factory(lossless=lossless))
+    engine = Engine(adapter, settings, make or source_factory(lossless=lossless), observer=app.metrics)
     try:
         await engine.start([parse_source(s) for s in sources])
         app.engine = engine
