@@ -34,3 +34,17 @@ def test_model_bench_runs_and_reports_every_number() -> None:
     for key in ("encode_ms_per_frame", "ttft_ms", "ttft_recompute_ms", "decode_tokens_per_s", "peak_rss_mb"):
         assert row[key] > 0, key
     assert row["context_frames"] == 4
+
+
+def test_cli_start_bench_runs_and_no_client_command_imports_torch() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cli_start.py"), "--json", "--repeat", "1"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    rows = {r["command"]: r for r in json.loads(out.strip().splitlines()[-1])["results"]}
+    for command in ("ask", "streams", "add", "remove", "status --follow"):
+        assert f"livesight {command} (no server)" in rows
+    assert {name: r["imports"] for name, r in rows.items() if r["imports"]} == {}
