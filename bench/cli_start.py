@@ -1,4 +1,5 @@
-"""How fast client-side commands start: ``livesight ask --help`` (and friends) against ``python -c pass``.
+"""How fast client-side commands start: ``livesight ask --help``, ``livesight streams`` against no server
+(and friends) against ``python -c pass``.
 
 Client commands must never import torch or transformers: the ratio to a bare interpreter start, measured in
 the same run (these machines are noisy), is the figure to watch. Prints a table and one JSON line.
@@ -19,25 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+CLIENT = [sys.executable, "-m", "livesight.cli"]
+NO_SERVER = ["--url", "ws://127.0.0.1:9/v1/ws", "--token", "x" * 12]
 COMMANDS: dict[str, list[str]] = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "livesight --help": [sys.executable, "-m", "livesight.cli", "--help"],
     "livesight ask --help": [sys.executable, "-m", "livesight.cli", "ask", "--help"],
     "livesight serve --help": [sys.executable, "-m", "livesight.cli", "serve", "--help"],
+    "livesight streams --help": [sys.executable, "-m", "livesight.cli", "streams", "--help"],
+    "livesight status --help": [sys.executable, "-m", "livesight.cli", "status", "--help"],
     # Reaching a server that is not there: the whole client path, imports included, up to the connect.
-    "livesight ask (no server)": [
-        sys.executable,
-        "-m",
-        "livesight.cli",
-        "ask",
-        "--url",
-        "ws://127.0.0.1:9/v1/ws",
-        "--token",
-        "x" * 12,
-        "--stream",
-        "demo",
-        "hi",
-    ],
+    "livesight ask (no server)": [*CLIENT, "ask", *NO_SERVER, "--stream", "demo", "hi"],
+    "livesight streams (no server)": [*CLIENT, "streams", *NO_SERVER],
+    "livesight add (no server)": [*CLIENT, "add", "cam", "demo", *NO_SERVER],
+    "livesight remove (no server)": [*CLIENT, "remove", "cam", *NO_SERVER],
+    "livesight status --follow (no server)": [*CLIENT, "status", "--follow", *NO_SERVER],
 }
 HEAVY = ("torch", "transformers")
 

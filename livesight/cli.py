@@ -1,4 +1,5 @@
-"""The ``livesight`` command line: ``serve`` and ``ask``.
+"""The ``livesight`` command line: ``serve``, and the client commands ``ask``, ``streams``, ``add``, ``remove``
+and ``status`` (:mod:`livesight.client_commands`).
 
 This is the edge: the only place that reads argv and the environment. Everything below gets typed values.
 """
@@ -12,6 +13,7 @@ import os
 import secrets
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from errors import ConfigError, LivesightError
 from models.registry import DEFAULT_MODEL, builtin_names
@@ -162,13 +164,60 @@ def build_parser() -> argparse.ArgumentParser:
         "is generated, then a line with the context it used (on stderr).",
     )
     a.add_argument("question", help="the question")
-    a.add_argument("--url", default=DEFAULT_URL, help=f"websocket URL (default {DEFAULT_URL})")
-    a.add_argument("--token", help=f"access token (default: ${TOKEN_ENV})")
+    _client_options(a)
     a.add_argument("--stream", required=True, help="stream name")
     a.add_argument("--session", help="conversation id: earlier turns of it become part of the context")
     a.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit in tokens (default 128)")
+    a.add_argument(
+        "--recall",
+        default="auto",
+        metavar="auto|off|START,END",
+        help="archived clips to add: auto (from the question's time words or content; the default), off, or a "
+        "window: two ISO 8601 times (a live stream) or two stream seconds (a file), comma-separated",
+    )
+    a.add_argument("--detail", action="store_true", help="show the model the newest frame at high resolution")
     a.add_argument("--json", action="store_true", help="print every protocol message as a JSON line")
+
+    ls = sub.add_parser(
+        "streams",
+        help="list a running server's streams",
+        description="List the streams of a running livesight server that the token may see: state, source, "
+        "frames, drops, memory.",
+    )
+    _client_options(ls)
+    ls.add_argument("--json", action="store_true", help="print the streams as a JSON array")
+
+    ad = sub.add_parser(
+        "add",
+        help="add a stream to a running server (admin token)",
+        description="Start ingesting a source on a running server, within its --allow-files and --allow-hosts.",
+    )
+    ad.add_argument("name", help="the new stream's name")
+    ad.add_argument("source_url", metavar="URL", help="anything serve --source takes: demo, a file, an rtsp:// URL")
+    _client_options(ad)
+
+    rm = sub.add_parser(
+        "remove", help="remove a stream from a running server (admin token)", description="Stop and forget a stream."
+    )
+    rm.add_argument("name", help="the stream's name")
+    _client_options(rm)
+
+    st = sub.add_parser(
+        "status",
+        help="print streams' status, and with --follow every change as it comes",
+        description="Print the status of the named streams (default: all). With --follow, keep printing each "
+        "state change as it happens, reconnecting (with backoff) when the connection drops.",
+    )
+    st.add_argument("names", nargs="*", metavar="NAME", help="streams to show (default: every stream)")
+    st.add_argument("--follow", "-f", action="store_true", help="keep printing status changes until interrupted")
+    st.add_argument("--json", action="store_true", help="print each status message as a JSON line")
+    _client_options(st)
     return parser
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=DEFAULT_URL, help=f"websocket URL (default {DEFAULT_URL})")
+    p.add_argument("--token", help=f"access token (default: ${TOKEN_ENV})")
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -177,9 +226,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.command == "serve":
             return _serve(args, env)
-        return _ask(args, env)
+        return _client_command(args, env)
     except LivesightError as exc:
-        print(f"livesight: error: {exc.message}", file=sys.stderr)
+        print(f"livesight: error: {exc}", file=sys.stderr)
         return 2 if not exc.retryable else 1
     except KeyboardInterrupt:
         return 130
@@ -237,6 +286,21 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def _recall_option(text: str) -> Literal["auto", "off"] | tuple[str, str] | tuple[float, float]:
+    """``auto``, ``off``, or ``START,END`` as two ISO 8601 times or two numbers (stream seconds)."""
+    if text == "auto":
+        return "auto"
+    if text == "off":
+        return "off"
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2:
+        raise ConfigError(f"--recall {text!r}: auto, off, or START,END")
+    try:
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        return parts[0], parts[1]
+
+
 def default_data_dir() -> str:
     """``$XDG_DATA_HOME/livesight``, or ``~/.local/share/livesight``."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
@@ -292,25 +356,36 @@ def _admin_token(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     return token
 
 
-def _ask(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from livesight.client import ask
+def _client_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``ask``, ``streams``, ``add``, ``remove``, ``status``: a websocket client of a running server."""
+    from livesight import client_commands as cmd
 
     token = args.token or env.get(TOKEN_ENV)
     if not token:
         print(f"livesight: error: no token: pass --token or set {TOKEN_ENV}", file=sys.stderr)
         return 2
-    asyncio.run(
-        ask(
-            args.url,
+    url = args.url
+    if args.command == "ask":
+        run = cmd.ask(
+            url,
             token,
             args.stream,
             args.question,
             session=args.session,
             max_new_tokens=args.max_new_tokens,
             raw=args.json,
+            recall=_recall_option(args.recall),
+            detail=args.detail,
         )
-    )
-    return 0
+    elif args.command == "streams":
+        run = cmd.streams(url, token, raw=args.json)
+    elif args.command == "add":
+        run = cmd.add(url, token, args.name, args.source_url)
+    elif args.command == "remove":
+        run = cmd.remove(url, token, args.name)
+    else:
+        run = cmd.status(url, token, args.names, follow=args.follow, raw=args.json)
+    return asyncio.run(run)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,17 @@ def test_memory_layout_bench_runs_and_reports_span_and_cost() -> None:
     assert report["context_span_s"] == 180.0  # 3 minutes at 1 fps: nothing evicted yet
     for key in ("reprefill_ratio", "reprefill_worst_tokens", "utilisation", "reprefill_ratio_with_labels"):
         assert report[key] > 0, key
+
+
+def test_cli_start_bench_runs_and_no_client_command_imports_torch() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cli_start.py"), "--json", "--repeat", "1"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    rows = {r["command"]: r for r in json.loads(out.strip().splitlines()[-1])["results"]}
+    for command in ("ask", "streams", "add", "remove", "status --follow"):
+        assert f"livesight {command} (no server)" in rows
+    assert {name: r["imports"] for name, r in rows.items() if r["imports"]} == {}

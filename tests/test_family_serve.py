@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
 
 import pytest
 
-from livesight.client import AskFailed, ask
+from livesight.client import Answer, Client, ClientError
 from livesight.config import load_serve_config
 from livesight.serve import serve
 from tests.families import FAMILIES
@@ -31,27 +30,30 @@ async def test_serve_answers_over_the_websocket(name: str) -> None:
     stop = asyncio.Event()
     server = asyncio.create_task(serve(cfg, stop=stop), name=f"serve:{name}")
     url = f"ws://127.0.0.1:{port}/v1/ws"
-    answer = None
+    answer: Answer | None = None
     try:
         # Until the model is loaded the server refuses websockets (503, retryable), and until the demo
         # stream's first frame is ingested the answer's context is empty: ask until it has frames.
         for _ in range(600):
             assert not server.done(), server.exception() if server.done() else None
-            out = io.StringIO()
+            pieces: list[str] = []
             try:
-                answer = await ask(url, TOKEN, "demo", "What do you see?", max_new_tokens=6, out=out, err=io.StringIO())
-            except AskFailed as exc:
+                async with Client(url, TOKEN, reconnect=False) as client:
+                    q = client.ask("demo", "What do you see?", max_new_tokens=6)
+                    pieces = [piece async for piece in q]
+                    answer = await q
+            except ClientError as exc:
                 if not exc.retryable:
                     raise
                 await asyncio.sleep(0.05)
                 continue
-            if answer["context"]["frames"] >= 1:
+            if answer.context.frames >= 1:
                 break
         assert answer is not None
-        assert answer["context"]["frames"] >= 1
-        assert answer["context"]["tokens"] > 0
-        assert out.getvalue() == answer["text"] + "\n"  # the streamed tokens add up to the answer
-        assert set(answer["timing"]) == {"queue_ms", "ttft_ms", "total_ms"}
+        assert answer.context.frames >= 1
+        assert answer.context.tokens > 0
+        assert "".join(pieces) == answer.text  # the streamed tokens add up to the answer
+        assert answer.timing.ttft_ms <= answer.timing.total_ms
     finally:
         stop.set()
         await asyncio.wait_for(server, timeout=30)

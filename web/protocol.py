@@ -5,7 +5,8 @@ Client messages are parsed and validated once, at the edge: every message is a J
 :data:`MAX_MESSAGE_BYTES` is ``too_large``. The same models build requests in clients
 (:func:`request`). Server messages are made here from the engine's typed events (:func:`event`), stream
 descriptions (:func:`stream_info`) and errors (:func:`error`), whose wire codes are all mapped in
-:func:`error_code`.
+:func:`error_code`. Each server message has its model in :mod:`web.server_messages`, which clients parse
+with; ``tests/test_server_messages.py`` checks every shape made here against it.
 """
 
 from __future__ import annotations

@@ -59,10 +59,12 @@ async def running_server(
     policy: SourcePolicy | None = None,
     port: int = 0,
     metrics_public: bool = False,
+    token: str = TOKEN,
 ) -> AsyncIterator[Server]:
-    """A real App + Engine listening on loopback ``port`` (0: a free one), torn down afterwards."""
+    """A real App + Engine listening on loopback ``port`` (0: a free one), torn down afterwards; ``token``
+    is the admin token."""
     app = App(
-        Authenticator(TOKEN, viewers),
+        Authenticator(token, viewers),
         adapter.model_id,
         outbox=outbox,
         outbox_bytes=outbox_bytes,
