@@ -30,6 +30,7 @@ import gc
 import json
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -44,8 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from memory.hico import HiCoMemory, HiCoSettings
 from memory.merge import merge_tokens
 from memory.segment import Segment
+from models.adapter import SupportsRecall
 from stream.demo import render
 
+WALL0 = 1_796_126_400.0  # the simulated camera's clock at stream time 0 (a fixed date, 12:00 UTC)
 QUESTIONS = ("What is happening right now?", "When did the lights go off?", "Is anyone at the door?")
 REPEATS = 5
 ENCODE_BATCH = 4  # frames encoded together
@@ -208,6 +211,13 @@ def main() -> None:
     ap.add_argument("--tokens-per-frame", type=int, default=64, help="native tokens per frame (--layout-only)")
     ap.add_argument("--dim", type=int, default=8, help="token width (--layout-only)")
     ap.add_argument(
+        "--archive",
+        action="store_true",
+        help="also archive every clip (with recall keys) in a temporary SQLite archive: archive bytes per hour, "
+        "and time to first token with recall against without (model runs only)",
+    )
+    ap.add_argument("--recall-tokens", type=int, default=256, help="recall budget for --archive (default 256)")
+    ap.add_argument(
         "--label-tokens",
         type=int,
         default=16,
@@ -243,6 +253,12 @@ def main() -> None:
         return forward(embeds, *rest, **kw)
 
     setattr(adapter, "forward", counted)  # noqa: B010 (an instance attribute over the method)
+    archive = None
+    if args.archive:
+        from store.archive import Archive
+
+        archive = Archive(Path(tempfile.mkdtemp(prefix="livesight-bench-")), model="bench", retain_s=None)
+        archive.start()
     prefix = None
     max_tokens = 0
     update_ms: list[float] = []
@@ -269,7 +285,10 @@ def main() -> None:
         encode_ms.append((time.perf_counter() - t0) * 1000 / len(batch))
         for j, i in enumerate(batch):
             t = i * interval
-            memory.add_frame(encoded[j], t)
+            clip = memory.add_frame(encoded[j], t, wall=WALL0 + t)
+            if clip is not None and archive is not None:
+                keys = adapter.recall_keys(clip) if isinstance(adapter, SupportsRecall) else None
+                archive.put_clip("bench", clip, keys)
             t0 = time.perf_counter()
             segments = memory.segments()
             prefilled.append(0)
@@ -337,10 +356,65 @@ def main() -> None:
         "clip_merge_ms_smolvlm2_256m": round(clip_cost_ms(64, 576, 4, 16), 3),
         "device": "cpu",
     }
+    if archive is not None:
+        assert prefix is not None
+        archive.close()
+        result |= recall_figures(adapter, archive, memory, prefix, settings, args, last_t)
     if args.plot:
         plot(trace, args.plot, budget, [t.tokens_per_frame for t in settings.tiers])
         result["plot"] = str(args.plot)
     print(json.dumps(result))
+
+
+def recall_figures(
+    adapter: Any, archive: Any, memory: HiCoMemory, prefix: Any, settings: HiCoSettings, args: Any, last_t: float
+) -> dict[str, object]:
+    """Archive bytes per hour of stream; time to first token with recall (choosing the clips included)
+    against without, for a question about a moment half an hour back (by time) and one by content; and how
+    many of the clips content recall chose show what was asked about (the demo scene's red banner)."""
+    from datetime import datetime, timezone
+
+    from engine.recall import AUTO, Recaller
+
+    summary = archive.summary("bench")
+    reader = archive.reader()
+    recaller = Recaller(
+        adapter, reader, budget=args.recall_tokens, clip_tokens=settings.tiers[0].tokens, tz=timezone.utc
+    )
+    now = WALL0 + last_t
+    moment = datetime.fromtimestamp(now - 1800, timezone.utc).strftime("%H:%M:%S")
+    questions = {"time": f"What happened at {moment}?", "content": "Was there a red banner reading PERSON AT DOOR?"}
+    out: dict[str, object] = {
+        "archive_bytes_per_hour": round(summary.bytes / args.hours),
+        "archive_clips": summary.clips,
+        "recall_tokens": args.recall_tokens,
+    }
+    cancel = threading.Event()
+    for kind, question in questions.items():
+
+        def first_token(with_recall: bool, q: str = question) -> float:
+            t0 = time.perf_counter()
+            recalled = recaller.choose("bench", q, AUTO, memory.segments(), now).segments if with_recall else ()
+            for _piece in adapter.generate(prefix, [], q, 1, cancel, recalled=recalled):
+                break
+            return (time.perf_counter() - t0) * 1000
+
+        with_ms = statistics.median(min(first_token(True) for _ in range(REPEATS)) for _ in range(3))
+        without_ms = statistics.median(min(first_token(False) for _ in range(REPEATS)) for _ in range(3))
+        chosen = recaller.choose("bench", question, AUTO, memory.segments(), now)
+        out[f"recall_{kind}_clips"] = len(chosen.segments)
+        out[f"ttft_ms_{kind}_with_recall"] = round(with_ms, 2)
+        out[f"ttft_ms_{kind}_without_recall"] = round(without_ms, 2)
+        out[f"ttft_{kind}_recall_ratio"] = round(with_ms / without_ms, 3)
+        if kind == "content" and chosen.segments:
+            from stream.demo import EVENTS, events_at
+
+            banner = EVENTS[2].description
+            shown = [any(banner in e.description for e in events_at(s.start)) for s in chosen.segments]
+            out["recall_content_precision"] = round(sum(shown) / len(shown), 3)
+            out["recall_content_chance"] = round((EVENTS[2].end - EVENTS[2].start) / 60.0, 3)
+    reader.close()
+    return out
 
 
 def plot(trace: list[tuple[float, list[int]]], path: Path, budget: int, rates: Sequence[float] = ()) -> None:
