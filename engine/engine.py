@@ -21,11 +21,13 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
+from typing import Literal, TypeVar
 
+from engine.answering import Answering, Ask, GuidedMode, Progress
 from engine.budget import fit_budget, recall_reserve
 from engine.events import (
     FINAL,
@@ -40,7 +42,7 @@ from engine.events import (
     Timing,
     Token,
 )
-from engine.inference import Ask, GuidedMode, Inference, Ingest
+from engine.inference import Inference, Ingest
 from engine.observer import EngineObserver, NoObserver
 from engine.questions import FairQueue
 from engine.recall import AUTO, RecallRequest
@@ -83,6 +85,9 @@ class EngineSettings:
     #: visual tokens of archived clips a question may recall; None: a quarter of the budget, at most 512
     #: (with an archive; without one nothing can be recalled)
     recall_tokens: int | None = None
+    #: answers under way at once, stepped together one token at a time (batched where the model can);
+    #: further questions wait in the fair queue
+    max_active: int = 4
 
 
 @dataclass(eq=False)
@@ -155,9 +160,9 @@ class Engine:
             clock=clock,
         )
         self._worker: asyncio.Task[None] | None = None
-        self._current: Question | None = None
-        self._answered = asyncio.Event()  # set whenever no question is being answered
-        self._answered.set()
+        self._active: list[_Active] = []  # answers under way, stepped together
+        self._idle = asyncio.Event()  # set whenever no answer is under way
+        self._idle.set()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self, specs: Sequence[SourceSpec]) -> None:
@@ -185,9 +190,10 @@ class Engine:
         for q in self._questions.clear():
             q.cancel.set()
             q.reply(Failed(q.id, ShuttingDown("the server is shutting down; ask again when it is back")))
-        if self._current is not None:
-            self._current.cancel.set()  # stops within one token; _answer then sends the ShuttingDown
-            await self._answered.wait()
+        for a in self._active:
+            a.q.cancel.set()  # each stops at its next step, which sends the ShuttingDown
+        if self._active:
+            await self._idle.wait()
 
     async def close(self) -> None:
         await self.shutdown()
@@ -302,21 +308,15 @@ class Engine:
         if self._questions.remove(q):
             q.reply(Cancelled(q.id))
 
-    async def _answer(self, q: Question) -> None:
-        loop = asyncio.get_running_loop()
+    # --- answering: begun, stepped and finished between other work ----------------------------------
+    async def _begin(self, q: Question) -> None:
+        """Start answering ``q`` (one prefill on the inference thread); its first piece goes out at once."""
         stream = self._streams.get(q.stream)
         if stream is None:
             q.reply(Failed(q.id, UnknownStream(f"stream {q.stream!r} was removed")))
             return
         started = self._clock()
         turns: tuple[Turn, ...] = q.turns if q.turns is not None else self.sessions.turns(q.stream, q.session)
-        first: list[float] = []
-
-        def on_piece(piece: str) -> None:  # inference thread
-            if not first:
-                first.append(self._clock())
-            loop.call_soon_threadsafe(q.reply, Token(q.id, piece))
-
         ask = Ask(
             key=stream.key,
             stream=q.stream,
@@ -328,11 +328,8 @@ class Engine:
             recall=q.recall,
             detail=q.detail or wants_detail(q.text),
         )
-        run = functools.partial(self._inference.answer, ask, on_piece)
-        self._current = q
-        self._answered.clear()
         try:
-            text, context = await loop.run_in_executor(self._executor, run)
+            answering, progress = await self._run(self._inference.begin, ask)
         except LivesightError as exc:
             q.reply(Failed(q.id, exc))
             return
@@ -340,52 +337,88 @@ class Engine:
             log.exception("question %s on stream %s failed", q.id, q.stream)
             q.reply(Failed(q.id, Internal("answering failed; see the server log")))
             return
-        finally:
-            self._current = None
-            self._answered.set()
-        if q.cancel.is_set():
+        active = _Active(q, answering, started)
+        self._active.append(active)
+        self._idle.clear()
+        self._progress(active, progress)
+
+    async def _step(self) -> None:
+        """Move every active answer one token on (one batched step on the inference thread)."""
+        active = list(self._active)
+        try:
+            progress = await self._run(self._inference.step, [a.answering for a in active])
+        except Exception:
+            log.exception("a decoding step of %d answer(s) failed", len(active))
+            for a in active:
+                self._done(a)
+                a.q.reply(Failed(a.q.id, Internal("answering failed; see the server log")))
+            return
+        for a, p in zip(active, progress, strict=True):
+            self._progress(a, p)
+
+    def _progress(self, a: _Active, p: Progress) -> None:
+        q = a.q
+        if p.piece:
+            if a.first is None:
+                a.first = self._clock()
+            q.reply(Token(q.id, p.piece))
+        if not p.done:
+            return
+        self._done(a)
+        if p.cancelled or q.cancel.is_set():
             if self._closing:
                 q.reply(Failed(q.id, ShuttingDown("the server is shutting down; ask again when it is back")))
             else:
                 q.reply(Cancelled(q.id))
             return
+        assert p.context is not None
         done = self._clock()
-        self.sessions.record(q.stream, q.session, Turn(q.text, text))
+        self.sessions.record(q.stream, q.session, Turn(q.text, p.text))
         timing = Timing(
-            queue_ms=round((started - q.received) * 1000, 1),
-            ttft_ms=round(((first[0] if first else done) - q.received) * 1000, 1),
+            queue_ms=round((a.started - q.received) * 1000, 1),
+            ttft_ms=round(((a.first or done) - q.received) * 1000, 1),
             total_ms=round((done - q.received) * 1000, 1),
         )
-        q.reply(Answered(q.id, text, context, timing))
+        q.reply(Answered(q.id, p.text, p.context, timing))
+
+    def _done(self, a: _Active) -> None:
+        self._active.remove(a)
+        if not self._active:
+            self._idle.set()
+
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` on the inference thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     # --- the worker ----------------------------------------------------------------------------
     async def _work(self) -> None:
-        """Alternate between answering and ingesting when both wait, so neither starves the other."""
-        prefer_question = True
+        """Round robin over the kinds of work, one unit each: start one waiting question (when fewer than
+        ``max_active`` are under way), ingest one batch of frames, move every active answer one token on.
+        No unit is longer than a prefill or a batch, so no answer holds the cameras or the other answers
+        for more than one step."""
         while True:
             self._wake.clear()
-            has_frames = any(s.pending is not None for s in self._streams.values())
-            if not self._questions and not has_frames:
+            admit = bool(self._questions) and len(self._active) < self.settings.max_active
+            frames = any(s.pending is not None for s in self._streams.values())
+            if not (admit or frames or self._active):
                 await self._wake.wait()
                 continue
-            if self._questions and (prefer_question or not has_frames):
+            if admit:
                 q = self._questions.pop()
-                self.observer.worker_busy("answer")
-                try:
-                    await self._answer(q)
-                except Exception:  # the worker must outlive any one question
-                    log.exception("question %s failed outside the model", q.id)
-                finally:
-                    self.observer.worker_idle()
-            else:
-                self.observer.worker_busy("ingest")
-                try:
-                    await self._ingest()
-                except Exception:  # the worker must outlive any one batch; the frames are lost
-                    log.exception("ingesting a batch failed")
-                finally:
-                    self.observer.worker_idle()
-            prefer_question = not prefer_question
+                await self._unit("answer", self._begin(q), f"question {q.id}")
+            if frames:
+                await self._unit("ingest", self._ingest(), "ingesting a batch")
+            if self._active:
+                await self._unit("answer", self._step(), "a decoding step")
+
+    async def _unit(self, kind: Literal["answer", "ingest"], work: Awaitable[None], what: str) -> None:
+        self.observer.worker_busy(kind)
+        try:
+            await work
+        except Exception:  # the worker must outlive any one unit of work
+            log.exception("%s failed", what)
+        finally:
+            self.observer.worker_idle()
 
     async def _ingest(self) -> None:
         batch: list[tuple[LiveStream, Frame]] = []
@@ -444,6 +477,19 @@ class Engine:
     @property
     def queued(self) -> int:
         return len(self._questions)
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(eq=False)
+class _Active:
+    """A question being answered (event loop side): its answer lives on the inference thread."""
+
+    q: Question
+    answering: Answering
+    started: float
+    first: float | None = None
 
 
 #: Words that ask about what a frame shows in detail: text to read, small things, a closer look.

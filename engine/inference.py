@@ -14,27 +14,21 @@ restart), and questions may recall archived clips (:mod:`engine.recall`).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime, tzinfo
-from typing import Literal
+from dataclasses import dataclass
+from datetime import tzinfo
 
 import numpy as np
 
-from engine.events import AnswerContext, RecalledSpan
-from engine.recall import AUTO, Recalled, Recaller, RecallRequest
-from errors import BadRequest, LivesightError, NoVideo, TooLarge
+from engine.answering import Answerer, Answering, Ask, Progress
+from engine.recall import Recaller
+from errors import LivesightError, NoVideo
 from memory import HiCoMemory, HiCoSettings, HiCoStats, Segment
-from models.adapter import CountsUsage, ModelAdapter, Prefix, SupportsGuided, SupportsRecall, Turn, Usage
-from models.guided import GuidedAnswerer, GuidedSettings
+from models.adapter import ModelAdapter, Prefix, SupportsRecall
 from store.archive import Archive, ArchiveReader
 from stream.frame import Frame
 
 log = logging.getLogger("livesight.engine")
-
-#: How a guided answer picks the visual tokens it keeps (see :mod:`models.guided`).
-GuidedMode = Literal["uniform", "attention"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +50,6 @@ class Ingest:
     stream: str
     frame: Frame
     wall_clock: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Ask:
-    """What the inference thread needs to answer a question."""
-
-    key: int
-    stream: str
-    question: str
-    turns: tuple[Turn, ...]
-    max_new_tokens: int
-    cancel: threading.Event
-    guided: GuidedMode | None = None
-    recall: RecallRequest = AUTO
-    detail: bool = False
 
 
 @dataclass(eq=False)
@@ -112,6 +91,7 @@ class Inference:
         self._streams: dict[int, _StreamMemory] = {}
         self._reader: ArchiveReader | None = None  # opened on first use, in this thread
         self._recaller: Recaller | None = None
+        self._answerer = Answerer(adapter, recaller=self._recaller_for, timezone=timezone, clock=clock)
 
     def _stream(self, key: int, name: str | None = None) -> _StreamMemory:
         mem = self._streams.get(key)
@@ -218,73 +198,32 @@ class Inference:
         return mem.prefix
 
     # --- questions -------------------------------------------------------------------------------
-    def answer(self, ask: Ask, on_piece: Callable[[str], None]) -> tuple[str, AnswerContext]:
-        """Answer ``ask``; every text piece goes to ``on_piece`` as it is made.
+    def begin(self, ask: Ask) -> tuple[Answering, Progress]:
+        """Start answering ``ask`` (see :mod:`engine.answering`); its first step's progress comes with it.
 
-        On the cached prefix — after recalled clips and the newest frame in detail when there are any — or
-        with a fresh question-guided prefill when ``guided`` is set. Returns the whole text and the context
-        it was answered on. If the recalled clips and the detail do not fit the model's window they are left
-        out (detail first). A failure drops the prefix (it is rebuilt on next use: never answer on a cache a
-        failure may have left behind) and re-raises.
+        Raises :class:`NoVideo` for a stream with nothing in memory, and the refusals of the model
+        (:class:`TooLarge`...). Any other failure drops the stream's prefix (it is rebuilt on next use:
+        never answer on a cache a failure may have left behind) and re-raises.
         """
         mem = self._stream(ask.key, ask.stream)
         if mem.memory.stats().frames == 0:
             raise NoVideo(f"stream {ask.stream!r} has no video in memory yet; ask again soon")
         try:
             prefix = self._sync_prefix(mem)
-            recalled = Recalled((), "")
-            usage: Usage | None = None
-            if ask.guided is None:
-                recalled = self._recall(ask, mem)
-                detail = mem.last_image if ask.detail else None
-                text, recalled, detail_used, usage = self._generate(prefix, ask, recalled, detail, on_piece)
-            else:
-                text = self._guided(ask, mem, on_piece)
-                detail_used = False
+            return self._answerer.begin(ask, prefix, mem.memory, mem.last_image)
         except LivesightError:
-            raise  # a refusal (too large, unsupported): the prefix was restored and stays usable
+            raise
         except Exception:
             mem.prefix = None
             raise
-        context = self._context(prefix, ask, recalled, detail_used)
-        if usage is not None:
-            context = replace(context, prompt_tokens=usage.prompt, completion_tokens=usage.completion)
-        return text, context
 
-    def _generate(
-        self,
-        prefix: Prefix,
-        ask: Ask,
-        recalled: Recalled,
-        detail: np.ndarray | None,
-        on_piece: Callable[[str], None],
-    ) -> tuple[str, Recalled, bool, Usage | None]:
-        # What to try, richest first: without the detail, then without the recalled clips too.
-        attempts = [(recalled, detail)]
-        if detail is not None:
-            attempts.append((recalled, None))
-        if recalled.segments:
-            attempts.append((Recalled((), ""), None))
-        for rec, det in attempts:
-            parts: list[str] = []
-            try:
-                pieces = self.adapter.generate(
-                    prefix, ask.turns, ask.question, ask.max_new_tokens, ask.cancel, recalled=rec.segments, detail=det
-                )
-                for piece in pieces:
-                    parts.append(piece)
-                    on_piece(piece)
-            except TooLarge:
-                if parts or (not rec.segments and det is None):
-                    raise
-                continue
-            usage = pieces.usage if isinstance(pieces, CountsUsage) else None
-            return "".join(parts), rec, det is not None, usage
-        raise TooLarge("the question does not fit the model's context window")
+    def step(self, answers: Sequence[Answering]) -> list[Progress]:
+        """Move every answer one token on (batched where the model can); cancelled ones end."""
+        return self._answerer.step(answers)
 
-    def _recall(self, ask: Ask, mem: _StreamMemory) -> Recalled:
+    def _recaller_for(self) -> Recaller | None:
         if self.archive is None or self.recall_tokens <= 0:
-            return Recalled((), "")
+            return None
         if self._recaller is None:
             self._recaller = Recaller(
                 self.adapter,
@@ -293,41 +232,4 @@ class Inference:
                 clip_tokens=self.memory_settings.tiers[0].tokens,
                 tz=self.timezone,
             )
-        return self._recaller.choose(ask.stream, ask.question, ask.recall, mem.memory.segments(), self._clock())
-
-    def _guided(self, ask: Ask, mem: _StreamMemory, on_piece: Callable[[str], None]) -> str:
-        adapter = self.adapter
-        if not isinstance(adapter, SupportsGuided) or ask.guided is None:
-            raise BadRequest(f"{adapter.model_id} does not support guided answers")
-        decoder, _ = adapter.language_model()
-        settings = GuidedSettings.for_depth(ask.guided, len(decoder.layers))
-        pieces = GuidedAnswerer(adapter, settings).generate(
-            mem.memory.segments(), ask.turns, ask.question, ask.max_new_tokens, ask.cancel
-        )
-        parts: list[str] = []
-        for piece in pieces:
-            parts.append(piece)
-            on_piece(piece)
-        return "".join(parts)
-
-    def _context(self, prefix: Prefix, ask: Ask, recalled: Recalled, detail: bool) -> AnswerContext:
-        return AnswerContext(
-            start=prefix.start,
-            end=prefix.end,
-            clock_start=self._iso(prefix.wall_start),
-            clock_end=self._iso(prefix.wall_end),
-            frames=prefix.frames,
-            tokens=prefix.length,
-            visual_tokens=prefix.visual_tokens,
-            guided=ask.guided,
-            turns=len(ask.turns),
-            recalled=tuple(
-                RecalledSpan(s.start, s.end, self._iso(s.wall_start), self._iso(s.wall_end), s.frames)
-                for s in recalled.segments
-            ),
-            recall=recalled.reason or None,
-            detail=detail,
-        )
-
-    def _iso(self, t: float | None) -> str | None:
-        return None if t is None else datetime.fromtimestamp(t, self.timezone).isoformat(timespec="seconds")
+        return self._recaller

@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max-streams", type=int, default=16, help="streams at once (default 16)")
     s.add_argument(
+        "--max-answers",
+        type=int,
+        default=4,
+        help="answers generated at once, side by side, their decode steps batched (default 4; 1: one at a time)",
+    )
+    s.add_argument(
         "--ended-ttl",
         type=float,
         default=300.0,
@@ -254,6 +260,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "lossless": args.fast,
         "server_names": args.server_name or [],
         "max_streams": args.max_streams,
+        "max_active": args.max_answers,
         "ended_ttl_s": args.ended_ttl,
         "max_connections": args.max_connections,
         "max_connections_per_address": args.max_connections_per_address,

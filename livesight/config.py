@@ -41,6 +41,7 @@ class ServeConfig(BaseModel):
     )
     max_queue: int = Field(16, ge=1, le=1024, description="questions waiting, all clients together")
     max_streams: int = Field(16, ge=1, le=4096, description="streams at once")
+    max_active: int = Field(4, ge=1, le=256, description="answers generated at once (--max-answers)")
     ended_ttl_s: float = Field(300.0, ge=0, le=7 * 86400, description="seconds an ended stream stays listed")
     max_connections: int = Field(256, ge=1, le=100_000, description="websocket connections at once")
     max_connections_per_address: int = Field(16, ge=1, le=100_000, description="... from one client address")

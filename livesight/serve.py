@@ -64,6 +64,7 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
             budget=cfg.budget,
             max_queue=cfg.max_queue,
             max_streams=cfg.max_streams,
+            max_active=cfg.max_active,
             ended_ttl_s=cfg.ended_ttl_s,
             timezone=zone,
             recall_tokens=cfg.recall_tokens,

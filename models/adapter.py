@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from memory.segment import Segment
 
 if TYPE_CHECKING:
     from models.context import Piece
+    from models.generation import Generation
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,3 +189,24 @@ class SupportsYesNo(Protocol):
     """A yes/no question answered as a probability on the cached prefix, without generating (watches)."""
 
     def yes_probability(self, prefix: Prefix, question: str) -> float: ...
+
+
+@runtime_checkable
+class SupportsSteps(Protocol):
+    """Answers one token at a time, several at once (:mod:`models.generation`): :meth:`begin` prefills an
+    answer on a fork of the prefix, :meth:`decode` moves many answers one token on in one forward pass."""
+
+    def context_pieces(self, recalled: Sequence[Segment], detail: np.ndarray | None) -> list[Piece]: ...
+
+    def begin(
+        self, prefix: Prefix, turns: Sequence[Turn], question: str, max_new_tokens: int, *, extra: Sequence[Piece] = ()
+    ) -> Generation: ...
+
+    def decode(self, gens: Sequence[Generation]) -> None: ...
+
+
+def steps(adapter: object) -> TypeGuard[SupportsSteps]:
+    """Whether ``adapter`` answers step by step (:class:`SupportsSteps`). An adapter opts out by setting
+    ``decode`` to None, on its class or on the instance (a test double that scripts ``generate``):
+    ``isinstance`` alone honours None only on the class."""
+    return isinstance(adapter, SupportsSteps) and getattr(adapter, "decode", None) is not None

@@ -33,6 +33,7 @@ from errors import TooLarge
 from memory.segment import Segment
 from models import probe
 from models.adapter import Encoded, Prefix, Turn, Usage
+from models.generation import Generation, TextPieces, TextStream, decode, fork
 from models.prompts import DETAIL, RECALLED
 
 
@@ -210,17 +211,26 @@ class EmbeddingContext:
         return self.model.get_input_embeddings()(ids)
 
     def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, *, all_logits: bool
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        *,
+        all_logits: bool,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run the language model on ``[1, L, D]`` embeddings at ``positions``, extending ``cache``.
+        """Run the language model on ``[B, L, D]`` embeddings at ``positions``, extending ``cache``.
 
-        Returns float logits, ``[1, L, V]`` if ``all_logits`` else ``[1, 1, V]`` (the last position).
-        The default suits every ``*ForConditionalGeneration`` whose forward passes ``inputs_embeds`` and
-        ``position_ids`` through to its language model (no pixel values: the visual tokens are already in).
+        Returns float logits, ``[B, L, V]`` if ``all_logits`` else ``[B, 1, V]`` (the last position).
+        ``attention_mask`` ``[B, cached + L]`` (1 = attend) hides left padding when several answers decode as
+        one batch (:mod:`models.generation`). The default suits every ``*ForConditionalGeneration`` whose
+        forward passes ``inputs_embeds`` and ``position_ids`` through to its language model (no pixel values:
+        the visual tokens are already in).
         """
         out = self.model(
             inputs_embeds=embeds,
             position_ids=positions,
+            attention_mask=attention_mask,
             cache=cache,
             use_cache=True,
             logits_to_keep=0 if all_logits else 1,
@@ -456,26 +466,42 @@ class EmbeddingContext:
         ``max_new_tokens`` would not fit in the model's positions; :class:`TooLarge` if even the question
         alone does not fit.
         """
-        cache = prefix.cache
+        gen = self.begin(prefix, turns, question, max_new_tokens, extra=extra)
+        if usage is not None:
+            usage.prompt = gen.usage.prompt
+        while not gen.done:
+            if cancel.is_set():
+                return
+            assert gen.token is not None
+            yield gen.token
+            decode(self, [gen])
+
+    def begin(
+        self,
+        prefix: Prefix,
+        turns: Sequence[Turn],
+        question: str,
+        max_new_tokens: int,
+        *,
+        extra: Sequence[Piece] = (),
+    ) -> Generation:
+        """An answer under way on a fork of the prefix's cache (:mod:`models.generation`): ``extra`` pieces
+        and the question prefilled, the first token chosen. The prefix is never touched, so it may be
+        brought up to new frames while the answer goes on. :class:`TooLarge` if the question does not fit
+        (earlier turns are dropped first)."""
+        prefix = own(prefix)
         after = self.assemble(extra, prefix.next_position).end if extra else prefix.next_position
         suffix = self.fit_suffix(prefix, turns, question, max_new_tokens, start=after)
-        try:
-            logits, chunk = self._prefill([*extra, suffix], cache, prefix.next_position)
-            if usage is not None:
-                usage.prompt = prefix.length + chunk.length
-            pos = chunk.end
-            for _ in range(max_new_tokens):
-                if cancel.is_set():
-                    return
-                token = int(logits[0, -1].argmax())
-                if token in self.stop_token_ids:
-                    return
-                yield token
-                ids = torch.tensor([token], device=self.device)
-                logits = self.forward(self.embed_ids(ids).unsqueeze(0), self.positions(pos, 1), cache, all_logits=False)
-                pos += 1
-        finally:
-            restore(prefix)
+        cache = fork(prefix.cache)
+        logits, chunk = self._prefill([*extra, suffix], cache, prefix.next_position)
+        gen = Generation(cache, chunk.end, max_new_tokens, self.stop_token_ids, TextStream(self.tokenizer))
+        gen.usage.prompt = prefix.length + chunk.length
+        gen.choose(logits[0, -1])
+        return gen
+
+    def decode(self, gens: Sequence[Generation]) -> None:
+        """Move every unfinished answer of ``gens`` one token on, batched in one forward pass."""
+        decode(self, gens)
 
     def fit_suffix(
         self,
@@ -525,31 +551,3 @@ class EmbeddingContext:
     def text_pieces(self, tokens: Iterable[int]) -> TextPieces:
         """Token ids -> text pieces as soon as they decode to whole characters (counting the tokens)."""
         return TextPieces(self.tokenizer, tokens)
-
-
-class TextPieces(Iterator[str]):
-    """Token ids -> text pieces as soon as they decode to whole characters; ``usage.completion`` counts
-    the ids read (:class:`~models.adapter.CountsUsage`)."""
-
-    def __init__(self, tokenizer: Any, tokens: Iterable[int], usage: Usage | None = None) -> None:
-        self.usage = usage if usage is not None else Usage()
-        self._pieces = self._decode(tokenizer, tokens)
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def _decode(self, tokenizer: Any, tokens: Iterable[int]) -> Iterator[str]:
-        ids: list[int] = []
-        sent = ""
-        for token in tokens:
-            ids.append(token)
-            self.usage.completion += 1
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-            if text.endswith("\ufffd"):
-                continue
-            if len(text) > len(sent) and text.startswith(sent):
-                yield text[len(sent) :]
-                sent = text
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        if text != sent and text.startswith(sent):
-            yield text[len(sent) :]

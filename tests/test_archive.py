@@ -142,17 +142,19 @@ def test_a_full_queue_and_a_full_disk_are_counted_and_shown(tmp_path: Path) -> N
 
 
 WRITER = """
-import sys, torch
+import sys, time, torch
 sys.path.insert(0, {root!r})
 from store.archive import Archive
 from tests.test_archive import clip
-archive = Archive(__import__("pathlib").Path({path!r}), model="m", queue_size=100000)
+archive = Archive(__import__("pathlib").Path({path!r}), model="m", queue_size=64)
 archive.start()
 print("started", flush=True)
 i = 0
-while True:
-    archive.put_clip("cam", clip(i, n=512, d=64))
-    i += 1
+while True:  # as fast as the writer takes them, never more than 64 waiting (bounded, whatever happens)
+    if archive.put_clip("cam", clip(i, n=512, d=64)):
+        i += 1
+    else:
+        time.sleep(0.001)
 """
 
 
@@ -163,14 +165,16 @@ def test_a_writer_killed_mid_write_leaves_only_whole_records(tmp_path: Path) -> 
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-    db = tmp_path / DB_NAME
-    deadline = time.monotonic() + 30
-    while not db.exists() or db.stat().st_size < 2_000_000:  # well into writing
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        db = tmp_path / DB_NAME
+        deadline = time.monotonic() + 60
+        while not db.exists() or db.stat().st_size < 2_000_000:  # well into writing
+            assert time.monotonic() < deadline, "the writer never got going"
+            time.sleep(0.05)
+    finally:  # killed whatever happened: a writer left behind runs forever
+        proc.kill()
+        proc.wait()
     archive = Archive(tmp_path, model="m")
     reader = archive.reader()
     infos = reader.clips("cam")

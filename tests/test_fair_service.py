@@ -26,6 +26,10 @@ class Sequenced(SmolVLMAdapter):
     """The real tiny adapter, answering with fixed pieces (one every 2 ms) and recording the order in which
     questions start."""
 
+    # Not SupportsSteps: the engine answers through generate() below, one piece per step, instead of
+    # batched decoding (which tests/test_generation.py and tests/test_interleaving.py cover).
+    decode = None  # type: ignore[assignment]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.started: list[str] = []
@@ -70,7 +74,7 @@ async def abuse(c: Client, name: str, stop: asyncio.Event, refused: list[str]) -
 
 async def test_a_polite_client_is_served_between_greedy_ones(tiny: SmolVLMAdapter) -> None:
     model = Sequenced(tiny.model, tiny.tokenizer, "tiny-random", default_budget=1024)
-    async with running_server(model, EngineSettings(fps=1.0, max_queue=16)) as srv:
+    async with running_server(model, EngineSettings(fps=1.0, max_queue=8)) as srv:  # 16 in flight, 4 answered: full
         await wait_for_frames(srv.engine, "demo", 1)
         stop = asyncio.Event()
         refused: list[str] = []

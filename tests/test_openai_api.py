@@ -208,6 +208,10 @@ async def test_curl_sees_server_sent_events(live: Server) -> None:
 class EndlessAdapter(SmolVLMAdapter):
     """The tiny adapter answering with one piece every 20 ms until it is cancelled; records how it ended."""
 
+    # Not SupportsSteps: the engine answers through generate() below, one piece per step, instead of
+    # batched decoding (which tests/test_generation.py and tests/test_interleaving.py cover).
+    decode = None  # type: ignore[assignment]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ended: list[tuple[int, bool]] = []  # (pieces, cancelled) per answer
@@ -224,11 +228,13 @@ class EndlessAdapter(SmolVLMAdapter):
         detail: np.ndarray | None = None,
     ) -> Iterator[str]:
         n = 0
-        while n < max_new_tokens and not cancel.is_set():
-            time.sleep(0.02)
-            n += 1
-            yield "word "
-        self.ended.append((n, cancel.is_set()))
+        try:
+            while n < max_new_tokens and not cancel.is_set():
+                time.sleep(0.02)
+                n += 1
+                yield "word "
+        finally:  # the engine closes a cancelled answer's generator
+            self.ended.append((n, cancel.is_set()))
 
 
 @pytest.mark.parametrize("streamed", [True, False])

@@ -42,6 +42,7 @@ CONTROL_PROBLEMS = """(() => {
 def scripted(tiny: SmolVLMAdapter, monkeypatch: pytest.MonkeyPatch) -> ScriptedModel:
     model = ScriptedModel()
     monkeypatch.setattr(tiny, "generate", model.generate)
+    monkeypatch.setattr(tiny, "decode", None)  # not SupportsSteps: answered through generate, piece by piece
     return model
 
 

@@ -28,6 +28,10 @@ class Chatty(SmolVLMAdapter):
     """The real tiny adapter whose answers stream many small pieces, one every 5 ms (so a whole answer takes
     seconds and a cancellation shows), recording how each ended."""
 
+    # Not SupportsSteps: the engine answers through generate() below, one piece per step, instead of
+    # batched decoding (which tests/test_generation.py and tests/test_interleaving.py cover).
+    decode = None  # type: ignore[assignment]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ended: dict[str, bool] = {}  # question -> cancelled
@@ -43,11 +47,13 @@ class Chatty(SmolVLMAdapter):
         recalled: Sequence[Segment] = (),
         detail: np.ndarray | None = None,
     ) -> Iterator[str]:
-        for _ in range(max_new_tokens):
-            if cancel.wait(0.005):  # the model's time per token (inference thread)
-                break
-            yield "token "
-        self.ended[question] = cancel.is_set()
+        try:
+            for _ in range(max_new_tokens):
+                if cancel.wait(0.005):  # the model's time per token (inference thread)
+                    break
+                yield "token "
+        finally:  # the engine closes a cancelled answer's generator
+            self.ended[question] = cancel.is_set()
 
 
 @pytest.fixture

@@ -66,9 +66,15 @@ class Qwen3VLAdapter(QwenVLAdapter):
         )
 
     def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, *, all_logits: bool
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        *,
+        all_logits: bool,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self._lm(embeds, positions, cache, all_logits=all_logits)
+        return self._lm(embeds, positions, cache, all_logits=all_logits, attention_mask=attention_mask)
 
     def _lm(
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache, *, all_logits: bool, **deepstack: Any

@@ -124,7 +124,8 @@ class ScriptedModel:
     """Stands in for the model's words only (frames, memory, prefill, the engine and the wire stay real):
     every answer is ``text``, sent in ``pieces`` pieces. A question containing :attr:`HOLD` is held after
     its first piece until it is cancelled (a dropped connection cancels its questions), :meth:`release`d,
-    or ``hold_s`` passes. Install with ``monkeypatch.setattr(adapter, "generate", model.generate)``."""
+    or ``hold_s`` passes. Install with ``monkeypatch.setattr(adapter, "generate", model.generate)`` and
+    ``monkeypatch.setattr(adapter, "decode", None)`` (so the engine answers through ``generate``)."""
 
     HOLD = "[hold]"
 

@@ -1,0 +1,90 @@
+"""The engine steps answers one token at a time between other work: two long answers go on side by side (a
+step each, decoded as one batch), frames keep reaching memory while they do, and with one answer at a time
+the same questions run one after the other (the control)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from engine.engine import Engine, EngineSettings, Question
+from engine.events import FINAL, Answered, QuestionEvent, Token
+from errors import ConfigError
+from livesight.cli import build_parser
+from livesight.config import load_serve_config
+from models.families.smolvlm import SmolVLMAdapter
+from stream.spec import parse_source
+from tests.support.server import TOKEN, source_factory, until
+
+
+@pytest.fixture
+def talkative(tiny: SmolVLMAdapter) -> Iterator[SmolVLMAdapter]:
+    """The tiny model, never stopping before its token limit (random weights may stop at once)."""
+    stops = tiny.stop_token_ids
+    tiny.stop_token_ids = frozenset()
+    yield tiny
+    tiny.stop_token_ids = stops
+
+
+async def two_long_answers(engine: Engine) -> tuple[list[str], int, list[Answered]]:
+    """Token order (question ids) of two 300-token answers asked at once, frames ingested meanwhile."""
+    order: list[str] = []
+    finals: list[Answered] = []
+    done = asyncio.Event()
+
+    def reply(ev: QuestionEvent) -> None:
+        if isinstance(ev, Token):
+            order.append(ev.question)
+        if isinstance(ev, FINAL):
+            assert isinstance(ev, Answered), ev
+            finals.append(ev)
+            if len(finals) == 2:
+                done.set()
+
+    frames = sum(s.frames for s in engine.streams_info())
+    for qid, stream in (("one", "a"), ("two", "b")):
+        engine.submit(Question(qid, stream, "Tell me everything.", 300, None, reply, time.time(), owner=qid))
+    await asyncio.wait_for(done.wait(), 120)
+    return order, sum(s.frames for s in engine.streams_info()) - frames, finals
+
+
+async def test_long_answers_go_on_side_by_side_while_frames_keep_coming(talkative: SmolVLMAdapter) -> None:
+    engine = Engine(talkative, EngineSettings(fps=8.0), source_factory())
+    await engine.start([parse_source("a=demo"), parse_source("b=demo")])
+    try:
+        await until(lambda: min(s.frames for s in engine.streams_info()) >= 2, 30, "first frames")
+        order, frames, finals = await two_long_answers(engine)
+    finally:
+        await engine.close()
+    assert order.count("one") > 10 and order.count("two") > 10
+    # Side by side: "two" has many pieces before "one" ends (not all after it), and vice versa.
+    last_one = len(order) - 1 - order[::-1].index("one")
+    last_two = len(order) - 1 - order[::-1].index("two")
+    assert order[: min(last_one, last_two)].count("one") > 10 and order[: min(last_one, last_two)].count("two") > 10
+    assert frames > 0  # the cameras were not held up for the length of an answer
+    assert all(f.context.completion_tokens == 300 for f in finals)
+
+
+async def test_one_answer_at_a_time_runs_them_one_after_the_other(talkative: SmolVLMAdapter) -> None:
+    engine = Engine(talkative, EngineSettings(fps=8.0, max_active=1), source_factory())
+    await engine.start([parse_source("a=demo"), parse_source("b=demo")])
+    try:
+        await until(lambda: min(s.frames for s in engine.streams_info()) >= 2, 30, "first frames")
+        order, _, _ = await two_long_answers(engine)
+    finally:
+        await engine.close()
+    first = order[0]
+    switch = next(i for i, q in enumerate(order) if q != first)
+    assert all(q != first for q in order[switch:])  # the second began only after the first had finished
+
+
+def test_answers_at_once_is_a_setting() -> None:
+    assert load_serve_config({"token": TOKEN, "max_active": 8}).max_active == 8
+    assert load_serve_config({"token": TOKEN}).max_active == 4
+    with pytest.raises(ConfigError, match="max_active"):
+        load_serve_config({"token": TOKEN, "max_active": 0})
+    args = build_parser().parse_args(["serve", "--max-answers", "2"])
+    assert args.max_answers == 2
