@@ -5,6 +5,8 @@ counted); the worker takes the pending frames of all streams as one batch, and t
 encodes them, adds them to each stream's memory and extends that stream's cached prefix; questions wait
 in one bounded queue, served round robin across the connections that asked them
 (:mod:`engine.questions`), and are answered on the cached prefix, their events delivered as they come.
+Watches (:mod:`engine.watching`) are evaluated on the same worker between those steps, never more than one
+ahead of a waiting question (:mod:`engine.schedule`); their alerts go to the streams' subscribers.
 
 Ownership is split by thread. The event loop owns the :class:`~engine.streams.LiveStream` objects
 (sources, pending slots, states, subscriptions) and the question queue; the inference thread owns
@@ -21,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
@@ -37,16 +39,21 @@ from engine.events import (
     StatusListener,
     StreamInfo,
     StreamStatus,
+    TimelineEvent,
     Timing,
     Token,
+    WatchInfo,
 )
 from engine.inference import Ask, GuidedMode, Inference, Ingest
-from engine.observer import EngineObserver, NoObserver
+from engine.observer import EngineObserver, NoObserver, Work
 from engine.questions import FairQueue
 from engine.recall import AUTO, RecallRequest
+from engine.schedule import Background, Generation
 from engine.sessions import SessionStore
 from engine.streams import LiveStream
 from engine.subscriptions import Subscriptions
+from engine.watches import DESCRIBE_TOKENS, WatchSpec
+from engine.watching import Watching
 from errors import (
     BadRequest,
     Busy,
@@ -57,8 +64,9 @@ from errors import (
     ShuttingDown,
     UnknownStream,
 )
-from models.adapter import ModelAdapter, SupportsGuided, Turn
+from models.adapter import ModelAdapter, SupportsGuided, SupportsYesNo, Turn
 from store.archive import Archive
+from store.events import EventQuery, EventStore
 from stream.frame import Frame
 from stream.source import Source
 from stream.spec import SourceSpec
@@ -83,6 +91,8 @@ class EngineSettings:
     #: visual tokens of archived clips a question may recall; None: a quarter of the budget, at most 512
     #: (with an archive; without one nothing can be recalled)
     recall_tokens: int | None = None
+    #: streams captioned every so many seconds of stream time: (name, seconds) pairs
+    captions: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(eq=False)
@@ -108,6 +118,8 @@ class Question:
     detail: bool = False
     #: the earlier turns of the conversation, given by the asker; None: the session store's for ``session``
     turns: tuple[Turn, ...] | None = None
+    #: its number in arrival order, given when it is queued (the scheduler's barrier reads it)
+    seq: int = 0
 
 
 class Engine:
@@ -123,6 +135,7 @@ class Engine:
         sessions: SessionStore | None = None,
         archive: Archive | None = None,
         observer: EngineObserver | None = None,
+        events: EventStore | None = None,
     ) -> None:
         self.adapter = adapter
         self.settings = settings
@@ -158,9 +171,26 @@ class Engine:
         self._current: Question | None = None
         self._answered = asyncio.Event()  # set whenever no question is being answered
         self._answered.set()
+        # Watches: evaluations, descriptions and captions share the worker (engine/schedule.py).
+        self.background = Background()
+        self.watching = Watching(
+            background=self.background,
+            publish=self.subscriptions.publish,
+            observer=self.observer,
+            store=events,
+            clock=clock,
+            timezone=self.timezone,
+            captions=dict(settings.captions),
+        )
+        self._seqs = itertools.count(1)
+        self._last_seq = 0  # the newest question number given out
+        self._generation: Generation | None = None  # the description or caption being made
 
     # --- lifecycle -----------------------------------------------------------------------------
-    async def start(self, specs: Sequence[SourceSpec]) -> None:
+    async def start(self, specs: Sequence[SourceSpec], watches: Sequence[WatchSpec] = ()) -> None:
+        """Bring back conversations and watches (``watches``: the configuration file's), start the worker
+        and the streams."""
+        await self.watching.load(watches)
         if self.archive is not None:
             n = await asyncio.to_thread(self._load_sessions, self.archive)
             if n:
@@ -260,6 +290,7 @@ class Engine:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await stream.source.close()
+        self.background.drop_stream(name)
         # Its memory lives on the inference thread: freed there, after whatever runs now.
         self._executor.submit(self._inference.drop, stream.key)
 
@@ -287,12 +318,15 @@ class Engine:
         if q.guided is not None and not isinstance(self.adapter, SupportsGuided):
             raise BadRequest(f"{self.adapter.model_id} does not support guided answers")
         q.reply = _observed(q.reply, self.observer)
+        q.seq = self._last_seq = next(self._seqs)
         out = self._questions.push(q)
         if out is q:
             raise Busy(f"{len(self._questions)} questions are waiting; ask again in a moment")
         if out is not None:
             out.cancel.set()
             out.reply(Failed(out.id, Busy("the queue is full and your connection holds the most questions")))
+        if self._generation is not None:
+            self._generation.cancel.set()  # a description or caption yields to a user's question
         self._wake.set()
 
     def cancel(self, q: Question) -> None:
@@ -360,32 +394,52 @@ class Engine:
 
     # --- the worker ----------------------------------------------------------------------------
     async def _work(self) -> None:
-        """Alternate between answering and ingesting when both wait, so neither starves the other."""
+        """One step at a time on the one inference worker, chosen in this order:
+
+        1. A due watch evaluation (one short prefill), unless a waiting question has already seen one
+           start: ``Background.evaluation_ready`` compares the waiting questions' numbers with the
+           barrier set after the last evaluation, so a question waits behind at most one evaluation.
+           Evaluations otherwise go before ingest (prompt alerts); at most one waits per watch, so they
+           cannot starve it.
+        2. Otherwise alternate between the answer turn and ingest when both wait, so neither starves.
+           The answer turn is a user's question, or when none waits a description or caption (which a
+           question arriving meanwhile cancels and puts back: no user waits behind one).
+        """
         prefer_question = True
         while True:
             self._wake.clear()
+            # (1) Watch evaluations, between other steps; the barrier is set after each one ends.
+            if self.background.evaluation_ready(q.seq for q in self._questions):
+                await self._step("evaluate", self._evaluate(self.background.next_evaluation()))
+                self.background.evaluated(self._last_seq)
+                continue
+            # (2) Questions (or background descriptions) and ingest, alternating.
             has_frames = any(s.pending is not None for s in self._streams.values())
-            if not self._questions and not has_frames:
+            has_answer_work = bool(self._questions) or self.background.generations_waiting > 0
+            if not has_answer_work and not has_frames:
                 await self._wake.wait()
                 continue
-            if self._questions and (prefer_question or not has_frames):
-                q = self._questions.pop()
-                self.observer.worker_busy("answer")
-                try:
-                    await self._answer(q)
-                except Exception:  # the worker must outlive any one question
-                    log.exception("question %s failed outside the model", q.id)
-                finally:
-                    self.observer.worker_idle()
+            if has_answer_work and (prefer_question or not has_frames):
+                if self._questions:
+                    q = self._questions.pop()
+                    await self._step("answer", self._answer(q), f"question {q.id}")
+                else:
+                    job = self.background.next_generation()
+                    if job is not None:
+                        await self._step("describe", self._describe(job))
             else:
-                self.observer.worker_busy("ingest")
-                try:
-                    await self._ingest()
-                except Exception:  # the worker must outlive any one batch; the frames are lost
-                    log.exception("ingesting a batch failed")
-                finally:
-                    self.observer.worker_idle()
+                await self._step("ingest", self._ingest())
             prefer_question = not prefer_question
+
+    async def _step(self, work: Work, step: Awaitable[None], what: str | None = None) -> None:
+        """Run one step, telling the observer; the worker outlives any step's failure."""
+        self.observer.worker_busy(work)
+        try:
+            await step
+        except Exception:
+            log.exception("%s failed", what or work)
+        finally:
+            self.observer.worker_idle()
 
     async def _ingest(self) -> None:
         batch: list[tuple[LiveStream, Frame]] = []
@@ -401,6 +455,88 @@ class Engine:
             stream.memory = snapshots.get(stream.key, stream.memory)
             if stream.memory is not None and stream.memory.ingested > before:
                 self.observer.frame_ingested(stream.name, now - frame.captured_at)
+                if stream.memory.stats.end is not None and self._streams.get(stream.name) is stream:
+                    self.watching.ingested(stream.name, stream.memory.stats.end)
+
+    async def _evaluate(self, watch_id: int) -> None:
+        """Evaluate one watch on its stream's cached prefix and hand the result to the watches."""
+        w = self.watching.get(watch_id)
+        stream = None if w is None else self._streams.get(w.spec.stream)
+        if w is None or stream is None or stream.memory is None or stream.memory.stats.frames == 0:
+            return  # removed, or no video (yet): nothing to read
+        run = functools.partial(self._inference.evaluate, stream.key, stream.name, w.question)
+        started = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except Exception as exc:
+            if not isinstance(exc, LivesightError):
+                log.exception("watch %d on %s: evaluation failed", watch_id, stream.name)
+            self.watching.evaluated(watch_id, exc, time.perf_counter() - started)
+            return
+        self.watching.evaluated(watch_id, result, time.perf_counter() - started)
+
+    async def _describe(self, job: Generation) -> None:
+        """Make an alert's description or a stream's caption; a user's question arriving meanwhile cancels
+        it, and it is put back to be made again later."""
+        stream = self._streams.get(job.stream)
+        if stream is None or stream.memory is None or stream.memory.stats.frames == 0:
+            return
+        run = functools.partial(
+            self._inference.describe, stream.key, stream.name, job.prompt, DESCRIBE_TOKENS, job.cancel
+        )
+        self._generation = job
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        finally:
+            self._generation = None
+        if job.cancel.is_set():
+            if not self._closing:
+                self.background.put_back(job)
+            return
+        self.watching.generated(job, result)
+
+    # --- watches and the timeline --------------------------------------------------------------
+    async def add_watch(self, spec: WatchSpec) -> WatchInfo:
+        """Watch ``spec.stream`` for ``spec.condition``. Raises :class:`UnknownStream`, :class:`BadRequest`
+        (an invalid watch, or a model that cannot read yes/no), :class:`TooManyWatches`, :class:`Busy`."""
+        if spec.stream not in self._streams:
+            raise UnknownStream(f"no stream named {spec.stream!r}; streams: {', '.join(self._streams) or 'none'}")
+        if not isinstance(self.adapter, SupportsYesNo):
+            raise BadRequest(f"{self.adapter.model_id} cannot evaluate watches")
+        info = await self.watching.add(spec)
+        stream = self._streams.get(spec.stream)
+        if stream is not None and stream.memory is not None and stream.memory.stats.frames > 0:
+            self.watching.due_now(info.id)  # a first reading now, not a period from now
+            self._wake.set()
+        return info
+
+    async def remove_watch(self, watch_id: int) -> WatchInfo:
+        """Stop a watch (its events stay). Raises :class:`UnknownWatch`."""
+        return await self.watching.remove(watch_id)
+
+    def watches(self, streams: Sequence[str] | None = None) -> list[WatchInfo]:
+        """The watches (of ``streams`` only, when given)."""
+        return self.watching.infos(streams)
+
+    async def events(self, query: EventQuery) -> list[TimelineEvent]:
+        """Timeline entries matching ``query``, newest first."""
+        return await self.watching.query(query)
+
+    async def snapshot(self, event: int, streams: frozenset[str] | None = None) -> bytes | None:
+        """The JPEG of an event (None: no such event, none kept, or its stream is not in ``streams``)."""
+        return await self.watching.snapshot(event, streams)
+
+    @property
+    def keeps_events(self) -> bool:
+        """Whether events are stored (an event store: ``--data``)."""
+        return self.watching.store is not None
+
+    def listen(self, listener: StatusListener) -> None:
+        """Hear every stream's events (alerts for webhooks), on the event loop; must not block."""
+        self.subscriptions.add_all(listener)
+
+    def unlisten(self, listener: StatusListener) -> None:
+        self.subscriptions.remove_all(listener)
 
     # --- status --------------------------------------------------------------------------------
     def stream_names(self) -> list[str]:

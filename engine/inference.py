@@ -23,10 +23,19 @@ from typing import Literal
 import numpy as np
 
 from engine.events import AnswerContext, RecalledSpan
-from engine.recall import AUTO, Recalled, Recaller, RecallRequest
+from engine.recall import AUTO, OFF, Recalled, Recaller, RecallRequest
 from errors import BadRequest, LivesightError, NoVideo, TooLarge
 from memory import HiCoMemory, HiCoSettings, HiCoStats, Segment
-from models.adapter import CountsUsage, ModelAdapter, Prefix, SupportsGuided, SupportsRecall, Turn, Usage
+from models.adapter import (
+    CountsUsage,
+    ModelAdapter,
+    Prefix,
+    SupportsGuided,
+    SupportsRecall,
+    SupportsYesNo,
+    Turn,
+    Usage,
+)
 from models.guided import GuidedAnswerer, GuidedSettings
 from store.archive import Archive, ArchiveReader
 from stream.frame import Frame
@@ -71,6 +80,26 @@ class Ask:
     guided: GuidedMode | None = None
     recall: RecallRequest = AUTO
     detail: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """A watch's condition read on a stream's cached prefix: P(yes), and the frame it was read at."""
+
+    score: float
+    stream_time: float  # memory time of the newest frame in the prefix
+    wall: float | None  # its wall-clock capture time (live streams)
+    image: np.ndarray | None  # the newest frame, ``[H, W, 3]`` uint8 RGB (read-only): the snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """A short description made on a stream's cached prefix, and the frame it ends at."""
+
+    text: str
+    stream_time: float | None
+    wall: float | None
+    image: np.ndarray | None
 
 
 @dataclass(eq=False)
@@ -250,6 +279,38 @@ class Inference:
         if usage is not None:
             context = replace(context, prompt_tokens=usage.prompt, completion_tokens=usage.completion)
         return text, context
+
+    # --- watches ---------------------------------------------------------------------------------
+    def evaluate(self, key: int, stream: str, question: str) -> Evaluation:
+        """P(yes) for the yes/no ``question`` on the stream's cached prefix (one short prefill, nothing
+        generated, the prefix left as it was), with the newest frame. Raises :class:`NoVideo` before the
+        first frame, :class:`BadRequest` for a model that cannot; a failure drops the prefix (rebuilt on
+        next use) and re-raises."""
+        adapter = self.adapter
+        if not isinstance(adapter, SupportsYesNo):
+            raise BadRequest(f"{adapter.model_id} cannot evaluate watches (no yes/no reading)")
+        mem = self._stream(key, stream)
+        if mem.memory.stats().frames == 0:
+            raise NoVideo(f"stream {stream!r} has no video in memory yet")
+        try:
+            prefix = self._sync_prefix(mem)
+            score = adapter.yes_probability(prefix, question)
+        except LivesightError:
+            raise
+        except Exception:
+            mem.prefix = None
+            raise
+        end = prefix.end if prefix.end is not None else 0.0
+        return Evaluation(score, end, prefix.wall_end, mem.last_image)
+
+    def describe(self, key: int, stream: str, prompt: str, max_new_tokens: int, cancel: threading.Event) -> Generated:
+        """A short answer to ``prompt`` on the cached prefix (no recall, no earlier turns): an alert's
+        description or a caption. Stops soon after ``cancel`` is set (the caller then discards it)."""
+        ask = Ask(key, stream, prompt, (), max_new_tokens, cancel, recall=OFF)
+        text, context = self.answer(ask, lambda _piece: None)
+        mem = self._stream(key, stream)
+        wall = mem.prefix.wall_end if mem.prefix is not None else None
+        return Generated(text, context.end, wall, mem.last_image)
 
     def _generate(
         self,
