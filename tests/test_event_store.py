@@ -14,11 +14,10 @@ import numpy as np
 from store.archive import Archive
 from store.events import EventQuery, EventRecord, EventStore, WatchRecord, fts_query
 
-
 NOW = time.time()
 
 
-def record(store: EventStore, *, stream: str = "cam", at: float = NOW, condition: str = "the lights are off",
+def record(store: EventStore, *, stream: str = "cam", at: float = NOW, condition: str | None = "the lights are off",
            kind: str = "alert", text: str | None = None, watch: int | None = 1) -> EventRecord:  # fmt: skip
     return EventRecord(store.new_id(), kind, stream, watch, condition, at, 30.0, None, None, 0.9, text, True)
 
@@ -83,7 +82,7 @@ def test_events_with_snapshots_updates_search_and_filters(tmp_path: Path) -> Non
         jpeg = r.snapshot(dark.id)
         assert jpeg is not None
         decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-        assert decoded.shape == (36, 64, 3) and abs(float(decoded.mean()) - 30) < 3
+        assert decoded is not None and decoded.shape == (36, 64, 3) and abs(float(decoded.mean()) - 30) < 3
         assert r.snapshot(caption.id) is None
     store.close()
 

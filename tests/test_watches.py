@@ -12,7 +12,7 @@ from engine.watches import HYSTERESIS, Detector, Schedule, WatchSpec, check
 
 def run(d: Detector, readings: list[tuple[float, float]]) -> list[tuple[float, str]]:
     """Feed ``(t, score)`` pairs; the changes with their times."""
-    out = []
+    out: list[tuple[float, str]] = []
     for t, p in readings:
         change = d.observe(p, t)
         if change is not None:
