@@ -13,8 +13,8 @@ from models.loader import Placement, load_model
 from tests.support.dark import dark_model
 
 
-def _load(name: str, placement: Placement) -> ModelAdapter:
-    tiny = load_model("tiny-random", placement)
+def _load(model_id: str, placement: Placement, *, seed: int = 0) -> ModelAdapter:
+    tiny = load_model("tiny-random", placement, seed=seed)
     assert isinstance(tiny, SmolVLMAdapter)
     return dark_model(tiny)
 
