@@ -174,6 +174,9 @@ def parse_config(
                 for i, item in enumerate(raw):
                     with contextlib.suppress(ValidationError):  # already reported above, with its location
                         out.append((i, model.model_validate(item)))  # type: ignore[arg-type]
+        raw_hooks = data.get("webhooks")
+        if isinstance(raw_hooks, list):
+            webhooks = [u for u in raw_hooks if isinstance(u, str)]
     if not any(data.get(k) for k in ("streams", "viewers", "watches", "webhooks")) and not problems:
         problems.append("file: it lists no [[streams]], [[viewers]] or [[watches]]")
     specs = _streams(entries, problems)
