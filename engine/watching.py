@@ -23,9 +23,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import queue
 import re
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from urllib.parse import urlsplit
@@ -46,7 +49,7 @@ from engine.watches import (
     WatchSpec,
     check,
 )
-from errors import BadRequest, Busy, TooManyWatches, UnknownWatch
+from errors import BadRequest, Busy, Internal, LivesightError, TooManyWatches, UnknownWatch
 from store.events import EventQuery, EventRecord, EventStore, WatchRecord
 
 log = logging.getLogger("livesight.watches")
@@ -131,7 +134,10 @@ class Watching:
                 await self._persist_update(w.id, spec)
                 self._replace(w, spec)
         for spec in wanted.values():
-            await self.add(spec)
+            try:
+                await self.add(spec)
+            except LivesightError as exc:  # the stream is full of watches added at run time, say
+                log.error("watch %r on %s from the configuration not added: %s", spec.condition, spec.stream, exc)
         if self._watches:
             listed = ", ".join(self._describe(w) for w in self._watches.values())
             log.info("%d watch(es): %s", len(self._watches), listed)
@@ -150,11 +156,7 @@ class Watching:
         if self.store is None:
             watch_id = next(self._ids)
         else:
-            try:
-                future = self.store.add_watch(_record(0, spec))
-            except Exception as exc:  # queue.Full
-                raise Busy("the event store is busy; try again") from exc
-            watch_id = await asyncio.wrap_future(future)
+            watch_id = await self._stored(lambda store: store.add_watch(_record(0, spec)))
         w = self._register(watch_id, spec, None)
         info = self.info(w)
         self._publish(WatchStatus(spec.stream, w.id, info))
@@ -166,11 +168,7 @@ class Watching:
         if w is None:
             raise UnknownWatch(f"no watch {watch_id}")
         if self.store is not None:
-            try:
-                future = self.store.remove_watch(watch_id)
-            except Exception as exc:
-                raise Busy("the event store is busy; try again") from exc
-            await asyncio.wrap_future(future)
+            await self._stored(lambda store: store.remove_watch(watch_id))
         self._watches.pop(watch_id, None)
         self.background.forget(watch_id)
         info = self.info(w)
@@ -228,7 +226,20 @@ class Watching:
 
     async def _persist_update(self, watch_id: int, spec: WatchSpec) -> None:
         if self.store is not None:
-            await asyncio.wrap_future(self.store.update_watch(_record(watch_id, spec)))
+            await self._stored(lambda store: store.update_watch(_record(watch_id, spec)))
+
+    async def _stored(self, write: Callable[[EventStore], Future[int]]) -> int:
+        """A watch change committed by the store's writer: :class:`Busy` when its queue is full,
+        :class:`Internal` when the write fails."""
+        assert self.store is not None
+        try:
+            future = write(self.store)
+        except queue.Full:
+            raise Busy("the event store is busy; try again in a moment") from None
+        try:
+            return await asyncio.wrap_future(future)
+        except (sqlite3.Error, OSError) as exc:
+            raise Internal(f"storing the watch failed: {exc}") from None
 
     # --- scheduling ----------------------------------------------------------------------------------
     def ingested(self, stream: str, t: float) -> None:

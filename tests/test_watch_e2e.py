@@ -64,7 +64,7 @@ async def lights(watch_model: DarkModel, tmp_path: Path) -> AsyncIterator[tuple[
     try:
         async with running_server(
             watch_model,
-            EngineSettings(fps=1.0),
+            EngineSettings(fps=1.0, captions=(("demo", 60.0),)),
             ("demo",),
             make=demo_for(DURATION_S),
             events=store,
@@ -139,6 +139,10 @@ async def test_the_lights_watch_fires_in_every_dark_spell_and_nowhere_else(light
         assert sum(b["type"] == "alert" for b in bodies) == MINUTES
         assert sum(b["type"] == "alert_update" and b["ended"] is not None for b in bodies) == MINUTES
         await asyncio.to_thread(webhooks.close)
+    # Captions (caption_every_s) went into the timeline, with their snapshots.
+    status, captions = await get_json(srv.port, "/v1/events?stream=demo&kind=caption")
+    assert status == 200 and len(captions["events"]) >= MINUTES - 2, captions
+    assert all(c["text"] and c["snapshot"] and c["watch"] is None for c in captions["events"])
     # Descriptions (describe: true) were generated after the alerts and stored.
     updates = [ev for ev in heard if isinstance(ev, AlertUpdate) and ev.event.text]
     assert updates, "descriptions follow the alerts"
