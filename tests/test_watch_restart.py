@@ -44,7 +44,7 @@ def dark_server(port: int, data: Path, log: Path) -> Iterator[subprocess.Popen[b
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
                     if r.status == 200:
                         break
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # still loading the model
                 pass
             assert time.monotonic() < deadline, "server never became healthy"
             time.sleep(0.2)
