@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.watches import WatchSpec
 from errors import ConfigError
 from models.registry import DEFAULT_MODEL
 from stream.spec import SourceSpec, parse_source
@@ -57,6 +58,16 @@ class ServeConfig(BaseModel):
         default_factory=list, description="camera hosts and networks add_stream may connect to"
     )
     metrics_public: bool = Field(False, description="serve /metrics without a token")
+    webhooks: list[str] = Field(default_factory=list, description="URLs every alert is POSTed to (JSON)")
+    watches: list[WatchSpec] = Field(default_factory=list, description="watches from the configuration file")
+    captions: dict[str, float] = Field(default_factory=dict, description="seconds between captions, per stream")
+
+    @field_validator("webhooks")
+    @classmethod
+    def _webhooks(cls, value: list[str]) -> list[str]:
+        from web.protocol import check_webhook
+
+        return [check_webhook(u) for u in value]
 
     @field_validator("sources", mode="before")
     @classmethod
