@@ -207,13 +207,14 @@ def cost(model: DarkModel, frames: int, repeats: int = 10) -> dict[str, Any]:
         t0 = time.perf_counter()
         inf.evaluate(1, "cam", "Is this true: the lights are off? Answer yes or no.")
         evals.append(time.perf_counter() - t0)
-    from engine.inference import Ask
+    from engine.answering import Ask
 
     asks = []
     for _ in range(max(3, repeats // 3)):
         t0 = time.perf_counter()
-        inf.answer(Ask(1, "cam", "Are the lights off?", (), 1, threading.Event()), lambda _p: None)
+        answering, _first = inf.begin(Ask(1, "cam", "Are the lights off?", (), 1, threading.Event()))  # one token
         asks.append(time.perf_counter() - t0)
+        answering.stop()
     mem = inf._stream(1)
     return {
         "frames": frames,

@@ -16,8 +16,8 @@ bounded by the number of watches, so ingest is never starved.
 **Generations** (a description after an alert, a stream's periodic caption: at most
 :data:`~engine.watches.DESCRIBE_TOKENS` tokens each) take a free answer place when no user question waits
 and are stepped with the answers; when a question finds every place taken, one is cancelled and put back
-at the front, so a user never waits behind one (beyond the step under way). They wait in a bounded FIFO (:data:`MAX_GENERATIONS`); when it is
-full the oldest is dropped and counted.
+at the front, so a user never waits behind one (beyond the step under way). They wait in a bounded FIFO
+(:data:`MAX_GENERATIONS`); when it is full the oldest is dropped and counted.
 """
 
 from __future__ import annotations
