@@ -104,8 +104,9 @@ async def test_a_question_waits_behind_at_most_one_evaluation_and_late_evaluatio
             began = timed.answers[text]
             behind = [e for e in timed.evals if e[1] > at and e[0] < began]  # running or started while it waited
             assert len(behind) <= 1, f"{text!r} waited behind {len(behind)} evaluations"
+        # Watches keep being evaluated after the bursts (however loaded the machine, within a bound).
+        await until(lambda: sum(w.evaluations for w in engine.watches()) >= 16 * 4, 30, "evaluations going on")
         watches = engine.watches()
-        assert sum(w.evaluations for w in watches) >= 16 * 4  # watches kept being evaluated between bursts
         assert sum(w.dropped for w in watches) > 0  # ... and what came due while questions waited was dropped
         assert engine.background.evaluations_waiting <= 16  # never more than one waiting per watch
     finally:
