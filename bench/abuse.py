@@ -299,8 +299,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await polite_phase(url, 5)  # warm up: the first prefill, the model's first steps
             baseline = await polite_phase(url, args.seconds)
             before = proc_stats(server.pid)
-            results: mp.Queue[dict[str, int]] = mp.Queue()
-            ctx = mp.get_context("spawn")
+            ctx = mp.get_context("spawn")  # a fresh interpreter: no event loop or threads inherited
+            results: mp.Queue[dict[str, int]] = ctx.Queue()
             attackers = ctx.Process(target=attacker, args=(url, port, args.seconds + 5, results), daemon=True)
             attackers.start()
             await asyncio.sleep(5)  # the attack in full swing before measuring

@@ -115,8 +115,10 @@ class Question:
     #: answer with a fresh prefill that drops visual tokens inside the model (models/guided.py);
     #: None: on the cached prefix
     guided: GuidedMode | None = None
-    #: who asked (a connection): questions are served round robin across owners
+    #: who asked (a connection) and from where (its client address): questions are served round robin
+    #: across groups, and across the owners within a group (engine/questions.py)
     owner: Hashable = None
+    group: Hashable = None
     #: archived clips to recall for it (engine/recall.py); the default lets the question decide
     recall: RecallRequest = AUTO
     #: show the newest frame in detail; also when the question asks about fine detail (see wants_detail)

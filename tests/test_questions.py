@@ -14,6 +14,7 @@ from engine.questions import FairQueue
 class Q:
     owner: str
     n: int
+    group: str | None = None
 
     def __repr__(self) -> str:
         return f"{self.owner}{self.n}"
@@ -77,3 +78,32 @@ def test_remove_and_clear() -> None:
     assert not queue and len(queue) == 0
     with pytest.raises(IndexError):
         queue.pop()
+
+
+def test_addresses_take_turns_however_many_connections_each_opens() -> None:
+    queue: FairQueue[Q] = FairQueue(64)
+    for conn in range(8):  # eight connections from one address, each with two questions waiting
+        for i in range(2):
+            queue.push(Q(f"hog{conn}_", i, group="10.0.0.3"))
+    queue.push(Q("polite", 0, group="10.0.0.1"))
+    queue.push(Q("polite", 1, group="10.0.0.1"))
+    served = drain(queue)
+    # The polite address gets every other turn, not one in nine; within the hogs' address, its
+    # connections take turns.
+    assert served[:4] == ["hog0_0", "polite0", "hog1_0", "polite1"]
+    assert served[4:8] == ["hog2_0", "hog3_0", "hog4_0", "hog5_0"]
+    assert len(served) == 18
+
+
+def test_a_full_queue_pushes_out_the_heaviest_addresss_question_first() -> None:
+    queue: FairQueue[Q] = FairQueue(4)
+    for conn in range(4):
+        assert queue.push(Q(f"c{conn}_", 0, group="hogs")) is None
+    out = queue.push(Q("polite", 0, group="me"))
+    assert out is not None and out.group == "hogs"  # the heavy address loses one, not the polite one
+    assert queue.push(Q("polite", 1, group="me")) is not None  # me 1 < hogs 3: hogs lose another
+    assert queue.waiting("polite", "me") == 2
+    # Now both hold two: within its own address, an owner as heavy as its address's heaviest waits.
+    last = Q("polite", 2, group="me")
+    assert queue.push(last) is last
+    assert sorted(q.group or "" for q in queue) == ["hogs", "hogs", "me", "me"]

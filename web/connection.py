@@ -289,6 +289,7 @@ class ClientConnection:
             reply=self._on_question,
             received=self._clock(),
             owner=self,
+            group=self.address,
             recall=self._recall(msg.recall),
             detail=msg.detail,
         )

@@ -140,6 +140,7 @@ class OpenAIEndpoint:
                 reply=inbox,
                 received=self._clock(),
                 owner=("openai", address),
+                group=address,
                 turns=turns,
             )
             try:
