@@ -448,9 +448,11 @@ class Engine:
         1. a due watch evaluation (one short prefill), unless a waiting question has already seen one
            start: ``Background.evaluation_ready`` compares the waiting questions' numbers with the barrier
            set after the last evaluation, so a question waits behind at most one evaluation;
-        2. start one waiting question when fewer than ``max_active`` answers are under way; when no
-           question waits, a description or caption takes a free place instead (and gives it back,
-           cancelled and put back in line, when a question arrives to find every place taken);
+        2. start one waiting question when fewer than ``max_active`` answers are under way, or when a
+           client address with no answer under way has one waiting (up to ``2 * max_active`` in all: one
+           address's long answers never make another wait for a place); when no question waits, a
+           description or caption takes a free place instead (and gives it back, cancelled and put back
+           in line, when a question arrives to find every place taken);
         3. ingest one batch of frames;
         4. move every active answer, description and caption one token on.
 
@@ -462,7 +464,14 @@ class Engine:
             room = len(self._active) < self.settings.max_active
             if self._questions and not room:
                 self._yield_place()
-            admit = bool(self._questions) and room
+            # An address with nothing under way is not kept waiting by others' long answers: it may take
+            # a place beyond max_active (up to twice as many in all).
+            newcomer = (
+                not room
+                and len(self._active) < 2 * self.settings.max_active
+                and self._questions.has_group(self._nothing_under_way)
+            )
+            admit = bool(self._questions) and (room or newcomer)
             describe = not self._questions and room and self.background.generations_waiting > 0
             frames = any(s.pending is not None for s in self._streams.values())
             if not (evaluate or admit or describe or frames or self._active):
@@ -472,7 +481,7 @@ class Engine:
                 await self._unit("evaluate", self._evaluate(self.background.next_evaluation()))
                 self.background.evaluated(self._last_seq)
             if admit:
-                q = self._questions.pop()
+                q = self._questions.pop() if room else self._questions.pop(self._nothing_under_way)
                 await self._unit("answer", self._begin(q), f"question {q.id}")
             elif describe:
                 job = self.background.next_generation()
@@ -482,6 +491,10 @@ class Engine:
                 await self._unit("ingest", self._ingest(), "ingesting a batch")
             if self._active:
                 await self._unit("answer", self._step(), "a decoding step")
+
+    def _nothing_under_way(self, group: Hashable) -> bool:
+        """Whether no answer of client address ``group`` is under way."""
+        return all(a.q is None or a.q.group != group for a in self._active)
 
     def _yield_place(self) -> None:
         """A description or caption gives its place to a waiting question: cancelled (it ends at its next

@@ -19,7 +19,7 @@ filled the queue. Event loop only.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 
@@ -32,6 +32,8 @@ class Owned(Protocol):
 
 
 Q = TypeVar("Q", bound=Owned)
+
+_NONE = object()  # no group found (None is a group)
 
 
 class FairQueue(Generic[Q]):
@@ -88,11 +90,17 @@ class FairQueue(Generic[Q]):
         if not owners:
             del self._groups[group]
 
-    def pop(self) -> Q:
-        """The next question: the next group's next owner's oldest; ``IndexError`` when empty."""
-        if not self._groups:
+    def has_group(self, where: Callable[[Hashable], bool]) -> bool:
+        """Whether a group for which ``where`` holds has something waiting."""
+        return any(where(g) for g in self._groups)
+
+    def pop(self, where: Callable[[Hashable], bool] | None = None) -> Q:
+        """The next question: the next group's (the next for which ``where`` holds) next owner's oldest;
+        ``IndexError`` when there is none."""
+        group = next((g for g in self._groups if where is None or where(g)), _NONE)
+        if group is _NONE:
             raise IndexError("pop from an empty FairQueue")
-        group, owners = next(iter(self._groups.items()))
+        owners = self._groups[group]
         owner, queue = next(iter(owners.items()))
         item = queue.popleft()
         self._size -= 1

@@ -88,3 +88,38 @@ def test_answers_at_once_is_a_setting() -> None:
         load_serve_config({"token": TOKEN, "max_active": 0})
     args = build_parser().parse_args(["serve", "--max-answers", "2"])
     assert args.max_answers == 2
+
+
+async def test_an_address_with_nothing_under_way_is_not_kept_waiting_by_anothers_long_answers(
+    talkative: SmolVLMAdapter,
+) -> None:
+    engine = Engine(talkative, EngineSettings(fps=2.0, max_active=1), source_factory())
+    await engine.start([parse_source("demo")])
+    events: list[tuple[str, str]] = []  # (question, "token" | "end") in order
+    ended: dict[str, asyncio.Event] = {q: asyncio.Event() for q in ("hog1", "hog2", "polite")}
+
+    def ask(qid: str, group: str, tokens: int) -> None:
+        def reply(ev: QuestionEvent) -> None:
+            if isinstance(ev, Token):
+                events.append((qid, "token"))
+            if isinstance(ev, FINAL):
+                assert isinstance(ev, Answered), ev
+                events.append((qid, "end"))
+                ended[qid].set()
+
+        engine.submit(Question(qid, "demo", "Tell me.", tokens, None, reply, time.time(), owner=qid, group=group))
+
+    try:
+        await until(lambda: engine.stream_info("demo").frames >= 1, 30, "first frames")
+        ask("hog1", "10.0.0.3", 300)
+        await until(lambda: ("hog1", "token") in events, 30, "the long answer under way")
+        ask("hog2", "10.0.0.3", 4)  # the same address: waits for the one place
+        ask("polite", "10.0.0.1", 4)  # another address, nothing under way: answered beside it
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ended.values())), 120)
+    finally:
+        await engine.close()
+    ends = [q for q, what in events if what == "end"]
+    assert ends.index("polite") < ends.index("hog1"), ends  # not kept waiting by the long answer
+    assert ends.index("hog2") > ends.index("hog1"), ends  # its own address's answer held the place
+    first_hog2 = events.index(("hog2", "token"))
+    assert first_hog2 > events.index(("hog1", "end")), "hog2 began before hog1 ended: max_active ignored"
