@@ -19,6 +19,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Iterable
@@ -49,6 +50,8 @@ from web.whip import WHIP_PATH, WhipEndpoint
 log = logging.getLogger("livesight.web")
 
 WS_PATH = "/v1/ws"
+#: the page's scripts (web/static/*.js), served to anyone as the page is
+_STATIC = re.compile(r"^/static/([a-z]{1,32}\.js)$")
 
 
 class HostCheck:
@@ -165,6 +168,10 @@ class App:
         if path in ("/", "/index.html"):
             page = resources.files("web").joinpath("static/index.html").read_bytes()
             return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
+        if (script := _STATIC.match(path)) is not None:
+            file = resources.files("web").joinpath("static", script.group(1))
+            if file.is_file():
+                return _response(HTTPStatus.OK, file.read_bytes(), "text/javascript; charset=utf-8")
         return json_response(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
 
     async def _timeline(self, request: Request, address: str) -> Response:
