@@ -132,8 +132,12 @@ function drawTiers(bar, axis, legend, summary, s) {
   summary.textContent = parts.join(" · ");
 }
 
-// Each card's newest frame, fetched with the token; one request per stream at a time.
-function refreshThumbnails() { for (const name of cards.keys()) refreshThumbnail(name); }
+// Each card's newest frame, fetched with the token; one request per stream at a time, none while the
+// page is not visible (a background tab costs the server nothing).
+function refreshThumbnails() {
+  if (document.visibilityState === "hidden") return;
+  for (const name of cards.keys()) refreshThumbnail(name);
+}
 function refreshThumbnail(name) {
   const c = cards.get(name);
   if (!c || c.busy || !conn.ready) return;
