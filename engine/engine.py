@@ -618,6 +618,14 @@ class Engine:
         stream = self._streams.get(name)
         return None if stream is None else stream.source
 
+    def latest_frame(self, name: str) -> Frame | None:
+        """The newest frame stream ``name``'s source delivered (None: none yet), whether or not the model
+        has taken it; event loop only. Raises :class:`UnknownStream`."""
+        stream = self._streams.get(name)
+        if stream is None:
+            raise UnknownStream(f"no stream named {name!r}")
+        return stream.latest
+
     def streams_info(self) -> list[StreamInfo]:
         return [self._info(stream) for stream in self._streams.values()]
 

@@ -44,6 +44,8 @@ class LiveStream:
     error: str | None = None  # why the source failed for good
     task: asyncio.Task[None] | None = None
     published: str | None = None  # the last state pushed to subscribers
+    #: the newest frame the source delivered (frozen, read-only: safe to read while the worker encodes it)
+    latest: Frame | None = None
 
     @property
     def name(self) -> str:
@@ -58,6 +60,7 @@ class LiveStream:
         ``wake`` tells the worker a frame waits. A failing source takes only this stream offline."""
         try:
             async for frame in self.source:
+                self.latest = frame
                 if self.source.lossless:
                     while self.pending is not None:
                         self.taken.clear()

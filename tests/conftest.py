@@ -9,7 +9,7 @@ import pytest
 from engine.engine import EngineSettings
 from models.families.smolvlm import SmolVLMAdapter
 from models.loader import choose_placement, load_model
-from tests.support.page import SAVED, Shots, shots_folder
+from tests.support.page import SAVED, ScriptedModel, Shots, shots_folder
 from tests.support.server import Server, running_server
 
 
@@ -31,6 +31,15 @@ async def srv(tiny: SmolVLMAdapter, request: pytest.FixtureRequest) -> AsyncIter
     settings = EngineSettings(fps=options.get("fps", 2.0))
     async with running_server(tiny, settings, options.get("sources", ()), policy=options.get("policy")) as server:
         yield server
+
+
+@pytest.fixture
+def scripted(tiny: SmolVLMAdapter, monkeypatch: pytest.MonkeyPatch) -> ScriptedModel:
+    """The tiny model answering with :class:`ScriptedModel`'s words (frames, memory and prefill stay real)."""
+    model = ScriptedModel()
+    monkeypatch.setattr(tiny, "generate", model.generate)
+    monkeypatch.setattr(tiny, "decode", None)  # not SupportsSteps: answered through generate, piece by piece
+    return model
 
 
 @pytest.fixture

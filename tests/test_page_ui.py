@@ -8,42 +8,24 @@ import contextlib
 import socket
 from pathlib import Path
 
-import pytest
-
 from engine.engine import EngineSettings
 from models.families.smolvlm import SmolVLMAdapter
-from tests.support.page import NO_SIDEWAYS_SCROLL, ScriptedModel, Shots, ask, connect, js, open_page, submit
+from tests.support.page import (
+    CONTROL_PROBLEMS,
+    NO_SIDEWAYS_SCROLL,
+    ScriptedModel,
+    Shots,
+    ask,
+    connect,
+    js,
+    open_page,
+    submit,
+)
 from tests.support.server import TOKEN, running_server, wait_for_frames
 
 SETTINGS = EngineSettings(fps=2.0)
 CONNECTED = "$('status').textContent === 'connected'"
 LONG = "x" * 3000  # one word wider than any screen
-
-# Every control on the page that is laid out where the user can see it, scrolled into view, must lie
-# inside the window, be big enough to hit, and be the element a click at its centre lands on.
-CONTROL_PROBLEMS = """(() => {
-  const problems = [];
-  for (const el of document.querySelectorAll('input, select, button')) {
-    if (el.closest('[hidden]')) continue;
-    el.scrollIntoView({block: 'center', inline: 'nearest'});
-    const r = el.getBoundingClientRect(), name = el.id || el.textContent;
-    if (r.width < 24 || r.height < 16) problems.push(`${name}: too small (${r.width}x${r.height})`);
-    if (r.left < 0 || r.right > innerWidth) problems.push(`${name}: outside the window (${r.left}..${r.right})`);
-    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
-    const over = hit && (hit.id || hit.tagName);
-    if (!hit || !(hit === el || el.contains(hit))) problems.push(`${name}: covered by ${over}`);
-  }
-  window.scrollTo(0, 0);
-  return problems;
-})()"""
-
-
-@pytest.fixture
-def scripted(tiny: SmolVLMAdapter, monkeypatch: pytest.MonkeyPatch) -> ScriptedModel:
-    model = ScriptedModel()
-    monkeypatch.setattr(tiny, "generate", model.generate)
-    monkeypatch.setattr(tiny, "decode", None)  # not SupportsSteps: answered through generate, piece by piece
-    return model
 
 
 async def test_a_long_unbroken_answer_wraps_inside_the_answer_area(

@@ -123,8 +123,9 @@ async def test_slow_and_vanishing_clients(srv: Server, monkeypatch: pytest.Monke
     # One port still serves everything: health, the page, the websocket API.
     assert (await request(srv, "GET", "/healthz"))[0] == 200
     page = await asyncio.to_thread(http_request, srv.port, "GET", "/")
-    assert page.status == 200
-    assert b"/v1/whip/" in page.body
+    assert page.status == 200 and b'src="/static/publish.js"' in page.body
+    script = await asyncio.to_thread(http_request, srv.port, "GET", "/static/publish.js")
+    assert script.status == 200 and b"/v1/whip/" in script.body
     async with client(srv.url) as ws:
         await ws.send({"type": "streams"})
         assert (await ws.recv())["type"] == "streams"

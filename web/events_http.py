@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import tzinfo
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -76,10 +76,7 @@ class EventsEndpoint:
         try:
             return await self._get(target, authorization, address)
         except LivesightError as exc:
-            code = protocol.error_code(exc)
-            status = _STATUS.get(code, HTTPStatus.INTERNAL_SERVER_ERROR)
-            extra = [("WWW-Authenticate", 'Bearer realm="livesight"')] if status == HTTPStatus.UNAUTHORIZED else []
-            return _json(status, {"error": {"code": code, "message": exc.message}}, extra)
+            return error_response(exc)
 
     async def _get(self, target: str, authorization: str | None, address: str) -> HttpResponse:
         scheme, _, token = (authorization or "").partition(" ")
@@ -114,6 +111,15 @@ class EventsEndpoint:
         )
         found = await engine.events(event_query(msg, who.streams, self._clock(), engine.timezone))
         return _json(HTTPStatus.OK, {"events": [protocol.timeline_event(e) for e in found]})
+
+
+def error_response(exc: LivesightError, statuses: Mapping[str, HTTPStatus] | None = None) -> HttpResponse:
+    """An error of an HTTP endpoint as ``{"error": {"code", "message"}}`` with its status (``statuses``
+    first, for codes an endpoint answers differently)."""
+    code = protocol.error_code(exc)
+    status = (statuses or {}).get(code) or _STATUS.get(code, HTTPStatus.INTERNAL_SERVER_ERROR)
+    extra = [("WWW-Authenticate", 'Bearer realm="livesight"')] if status == HTTPStatus.UNAUTHORIZED else []
+    return _json(status, {"error": {"code": code, "message": exc.message}}, extra)
 
 
 def _int(value: str | None, name: str) -> int | None:

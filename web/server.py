@@ -1,8 +1,10 @@
 """One port: ``GET /healthz``, the websocket API at ``/v1/ws``, the page at ``/``, Prometheus metrics at
 ``/metrics`` (:mod:`web.metrics`), the OpenAI-compatible API at ``/v1/models`` and ``/v1/chat/completions``
-(:mod:`web.openai_http`), WHIP ingest at ``/v1/whip/<name>`` (:mod:`web.whip`), and the timeline at
-``/v1/events`` (:mod:`web.events_http`). GET requests are answered in websockets' ``process_request`` (the
-timeline's asynchronously: its reads run in a thread); other methods come through :mod:`web.plain_http`.
+(:mod:`web.openai_http`), WHIP ingest at ``/v1/whip/<name>`` (:mod:`web.whip`), the timeline at
+``/v1/events`` (:mod:`web.events_http`), and each stream's newest frame at
+``/v1/streams/<name>/snapshot.jpg`` (:mod:`web.snapshots`). GET requests are answered in websockets'
+``process_request`` (the timeline and the pictures asynchronously: their reads and encodings run in a
+thread); other methods come through :mod:`web.plain_http`.
 
 Every request's ``Host`` must name this server (:class:`HostCheck`), which stops DNS rebinding: a page on
 a hostile name that resolves to this machine is refused even though its ``Origin`` matches its ``Host``.
@@ -17,6 +19,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Iterable
@@ -41,11 +44,14 @@ from web.openai_http import OpenAIEndpoint, shape_error
 from web.plain_http import HttpError, HttpRequest, HttpResponse, connection_class
 from web.protocol import HARD_LIMIT_BYTES
 from web.slots import Limits, Slots
+from web.snapshots import StreamSnapshots, is_stream_path
 from web.whip import WHIP_PATH, WhipEndpoint
 
 log = logging.getLogger("livesight.web")
 
 WS_PATH = "/v1/ws"
+#: the page's scripts (web/static/*.js), served to anyone as the page is
+_STATIC = re.compile(r"^/static/([a-z]{1,32}\.js)$")
 
 
 class HostCheck:
@@ -125,6 +131,8 @@ class App:
         self.openai = OpenAIEndpoint(auth, lambda: self.engine, self._slots)
         self._whip = WhipEndpoint(auth, lambda: self.engine, self.hosts)
         self._events = EventsEndpoint(auth, lambda: self.engine, time.time)
+        #: each stream's newest frame as a JPEG, made once per frame
+        self.snapshots = StreamSnapshots(auth, lambda: self.engine)
 
     # --- HTTP ------------------------------------------------------------------------------------
     def process_request(self, conn: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
@@ -139,6 +147,8 @@ class App:
             return _from_plain(self.openai.models(path, request.headers.get("Authorization"), _address(conn)))
         if is_events_path(path):
             return self._timeline(request, _address(conn))
+        if is_stream_path(path):
+            return self._stream_snapshot(request, _address(conn))
         if path == openai_api.CHAT_PATH:
             refusal = openai_api.ApiError(
                 HTTPStatus.METHOD_NOT_ALLOWED, "ask with POST", "bad_request", headers=[("Allow", "POST")]
@@ -158,10 +168,17 @@ class App:
         if path in ("/", "/index.html"):
             page = resources.files("web").joinpath("static/index.html").read_bytes()
             return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
+        if (script := _STATIC.match(path)) is not None:
+            file = resources.files("web").joinpath("static", script.group(1))
+            if file.is_file():
+                return _response(HTTPStatus.OK, file.read_bytes(), "text/javascript; charset=utf-8")
         return json_response(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
 
     async def _timeline(self, request: Request, address: str) -> Response:
         return _from_plain(await self._events.get(request.path, request.headers.get("Authorization"), address))
+
+    async def _stream_snapshot(self, request: Request, address: str) -> Response:
+        return _from_plain(await self.snapshots.get(request.path, request.headers.get("Authorization"), address))
 
     def _refuse_over_limit(self, address: str) -> Response | None:
         refusal = self._slots.refusal(address)

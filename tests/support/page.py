@@ -29,6 +29,25 @@ SAVED: list[Path] = []
 #: True when the document does not scroll sideways.
 NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= innerWidth"
 
+#: Every control on the page that is laid out where the user can see it, scrolled into view, must lie
+#: inside the window, be big enough to hit, and be the element a click at its centre lands on: the
+#: problems found (an empty list: none).
+CONTROL_PROBLEMS = """(() => {
+  const problems = [];
+  for (const el of document.querySelectorAll('input, select, button')) {
+    if (el.closest('[hidden]')) continue;
+    el.scrollIntoView({block: 'center', inline: 'nearest'});
+    const r = el.getBoundingClientRect(), name = el.id || el.textContent;
+    if (r.width < 24 || r.height < 16) problems.push(`${name}: too small (${r.width}x${r.height})`);
+    if (r.left < 0 || r.right > innerWidth) problems.push(`${name}: outside the window (${r.left}..${r.right})`);
+    const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+    const over = hit && (hit.id || hit.tagName);
+    if (!hit || !(hit === el || el.contains(hit))) problems.push(`${name}: covered by ${over}`);
+  }
+  window.scrollTo(0, 0);
+  return problems;
+})()"""
+
 
 def js(value: object) -> str:
     """``value`` as a JavaScript literal."""

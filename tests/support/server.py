@@ -18,6 +18,7 @@ from engine.engine import Engine, EngineSettings, SourceFactory
 from engine.events import StreamInfo
 from engine.watches import WatchSpec
 from models.adapter import ModelAdapter
+from store.archive import Archive
 from store.events import EventStore
 from stream.factory import make_source
 from stream.policy import SourcePolicy
@@ -64,10 +65,11 @@ async def running_server(
     token: str = TOKEN,
     events: EventStore | None = None,
     watches: Sequence[WatchSpec] = (),
+    archive: Archive | None = None,
 ) -> AsyncIterator[Server]:
     """A real App + Engine listening on loopback ``port`` (0: a free one), torn down afterwards; ``token``
     is the admin token; ``events`` keeps the timeline, ``watches`` start with the engine (as the
-    configuration file's do)."""
+    configuration file's do), ``archive`` keeps clips for recall (the caller starts and closes both)."""
     app = App(
         Authenticator(token, viewers),
         adapter.model_id,
@@ -79,7 +81,14 @@ async def running_server(
         metrics_public=metrics_public,
     )
     await app.listen("127.0.0.1", port)
-    engine = Engine(adapter, settings, make or source_factory(lossless=lossless), observer=app.metrics, events=events)
+    engine = Engine(
+        adapter,
+        settings,
+        make or source_factory(lossless=lossless),
+        observer=app.metrics,
+        events=events,
+        archive=archive,
+    )
     try:
         await engine.start([parse_source(s) for s in sources], watches)
         app.engine = engine
