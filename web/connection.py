@@ -25,7 +25,8 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from engine.engine import Engine, Question
+from engine.api import EngineAPI
+from engine.engine import Question
 from engine.events import FINAL, QuestionEvent, StreamStatus
 from engine.recall import AUTO, OFF, RecallRequest
 from errors import BadRequest, Busy, Forbidden, LivesightError, Unauthorized, UnknownStream
@@ -62,7 +63,7 @@ class ClientConnection:
     def __init__(
         self,
         ws: ServerConnection,
-        engine: Engine,
+        engine: EngineAPI,
         auth: Authenticator,
         *,
         policy: SourcePolicy | None = None,
