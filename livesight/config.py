@@ -57,6 +57,16 @@ class ServeConfig(BaseModel):
         default_factory=list, description="camera hosts and networks add_stream may connect to"
     )
     metrics_public: bool = Field(False, description="serve /metrics without a token")
+    ray: str | None = Field(
+        None,
+        min_length=1,
+        description="run the engine as shards on Ray: local (a new one-machine Ray instance on loopback), auto "
+        "(the cluster `ray start` made on this machine), or a cluster address (host:port, ray://host:port); "
+        "None: one process, no Ray",
+    )
+    shards: int | None = Field(
+        None, ge=1, le=1024, description="engine shards with --ray; None: one per GPU of the cluster, else 1"
+    )
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -88,6 +98,12 @@ class ServeConfig(BaseModel):
         if self.timezone is not None:
             return ZoneInfo(self.timezone)
         return datetime.now().astimezone().tzinfo or timezone.utc
+
+    @model_validator(mode="after")
+    def _shards_need_ray(self) -> ServeConfig:
+        if self.shards is not None and self.ray is None:
+            raise ValueError("--shards needs --ray")
+        return self
 
     @model_validator(mode="after")
     def _admin_token_is_not_a_viewers(self) -> ServeConfig:

@@ -66,25 +66,40 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
             retain_s=cfg.retain_s,
             retain_bytes=None if cfg.retain_bytes is None else int(cfg.retain_bytes),
         )
-        try:
-            adapter = await load_adapter(recipe)
-        except LivesightError as exc:
-            app.failure = exc.message
-            raise
-        archive = await open_archive(recipe, adapter)
-        if archive is not None:
-            log.info("archive: %s (retention %s)", archive.path, _retention(cfg))
-        single = build_engine(recipe, adapter, archive, observer=app.metrics)
-        engine = single
-        await single.start(cfg.sources)
-        app.engine = single
-        log.info(
-            "ready: model %s, %d visual tokens per frame, budget %d tokens per stream, streams: %s",
-            adapter.model_id,
-            adapter.tokens_per_frame,
-            single.budget,
-            ", ".join(single.stream_names()),
-        )
+        if cfg.ray is not None:
+            # Imported here: the single-process server never imports Ray (an optional extra).
+            from cluster.gateway import open_gateway
+
+            try:
+                gateway = await open_gateway(
+                    recipe, cfg.sources, address=cfg.ray, shards=cfg.shards, observer=app.metrics
+                )
+            except LivesightError as exc:
+                app.failure = exc.message
+                raise
+            engine = gateway
+            app.engine = gateway
+            log.info("ready: %s", gateway.describe())
+        else:
+            try:
+                adapter = await load_adapter(recipe)
+            except LivesightError as exc:
+                app.failure = exc.message
+                raise
+            archive = await open_archive(recipe, adapter)
+            if archive is not None:
+                log.info("archive: %s (retention %s)", archive.path, _retention(cfg))
+            single = build_engine(recipe, adapter, archive, observer=app.metrics)
+            engine = single
+            await single.start(cfg.sources)
+            app.engine = single
+            log.info(
+                "ready: model %s, %d visual tokens per frame, budget %d tokens per stream, streams: %s",
+                adapter.model_id,
+                adapter.tokens_per_frame,
+                single.budget,
+                ", ".join(single.stream_names()),
+            )
         await stop.wait()
         log.info("shutting down")
     finally:
