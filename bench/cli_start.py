@@ -35,6 +35,9 @@ COMMANDS: dict[str, list[str]] = {
     "livesight add (no server)": [*CLIENT, "add", "cam", "demo", *NO_SERVER],
     "livesight remove (no server)": [*CLIENT, "remove", "cam", *NO_SERVER],
     "livesight status --follow (no server)": [*CLIENT, "status", "--follow", *NO_SERVER],
+    "livesight watch (no server)": [*CLIENT, "watch", "--stream", "demo", "a dog", *NO_SERVER],
+    "livesight watches (no server)": [*CLIENT, "watches", *NO_SERVER],
+    "livesight events (no server)": [*CLIENT, "events", "--since", "1h", *NO_SERVER],
 }
 HEAVY = ("torch", "transformers")
 

@@ -43,10 +43,22 @@ from cluster.placement import Placement
 from cluster.shard import Shard
 from engine.build import EngineRecipe
 from engine.engine import EngineSettings, Question
-from engine.events import FINAL, Failed, QuestionEvent, Reply, StatusListener, StreamInfo, StreamStatus
+from engine.events import (
+    FINAL,
+    Failed,
+    QuestionEvent,
+    Reply,
+    StatusListener,
+    StreamInfo,
+    StreamStatus,
+    TimelineEvent,
+    WatchInfo,
+)
 from engine.observer import EngineObserver, NoObserver
 from engine.subscriptions import Subscriptions
+from engine.watches import WatchSpec
 from errors import (
+    BadRequest,
     ConfigError,
     Internal,
     LivesightError,
@@ -55,6 +67,7 @@ from errors import (
     SourceError,
     UnknownStream,
 )
+from store.events import EventQuery
 from stream.source import Source
 from stream.spec import SourceSpec
 
@@ -66,6 +79,9 @@ REPORT_S = 0.5
 RETRY_S, RETRY_MAX_S = 0.1, 2.0
 #: Seconds a shard has to answer a call on shutdown before it is killed.
 SHUTDOWN_S = 10.0
+
+#: Why watches, their events and captions are refused under --ray (typed: BadRequest, not retryable).
+NO_WATCHES = "watches are not available with --ray yet"
 
 #: A Ray actor handle of :class:`~cluster.shard.Shard` (Ray's handles are not typed).
 ShardHandle = Any
@@ -373,6 +389,32 @@ class Gateway:
 
     def unsubscribe(self, name: str, listener: StatusListener) -> None:
         self.subscriptions.remove(name, listener)
+
+    def listen(self, listener: StatusListener) -> None:
+        self.subscriptions.add_all(listener)
+
+    def unlisten(self, listener: StatusListener) -> None:
+        self.subscriptions.remove_all(listener)
+
+    # --- EngineAPI: watches (not forwarded to shards yet) --------------------------------------------
+    async def add_watch(self, spec: WatchSpec) -> WatchInfo:
+        raise BadRequest(NO_WATCHES)
+
+    async def remove_watch(self, watch_id: int) -> WatchInfo:
+        raise BadRequest(NO_WATCHES)
+
+    def watches(self, streams: Sequence[str] | None = None) -> list[WatchInfo]:
+        return []  # none can be added
+
+    async def events(self, query: EventQuery) -> list[TimelineEvent]:
+        raise BadRequest(NO_WATCHES)
+
+    async def snapshot(self, event: int, streams: frozenset[str] | None = None) -> bytes | None:
+        return None  # no event has one: there are no events
+
+    @property
+    def keeps_events(self) -> bool:
+        return False
 
     # --- shards: reports, loss and recovery ----------------------------------------------------------
     async def _open(self, link: _Link) -> Hello:

@@ -24,8 +24,8 @@ from cluster.messages import Asked, Hello, Report
 from cluster.relay import RelayedSource
 from engine.build import EngineRecipe, build_engine, load_adapter, open_archive
 from engine.engine import Engine, Question
-from engine.events import FINAL, Answered, Cancelled, Failed, QuestionEvent, StreamStatus
-from engine.observer import Work
+from engine.events import FINAL, Cancelled, Failed, QuestionEvent, StreamEvent, StreamStatus
+from engine.observer import NoObserver
 from errors import LivesightError, ShardUnavailable, UnknownStream
 from store.archive import Archive
 from stream.factory import make_source
@@ -43,24 +43,15 @@ MAX_LAGS = 1024
 EARLY_CANCELS = 1024
 
 
-class _Lags:
-    """The shard's engine observer: keeps frames' ingest lags for the next report; the gateway sees the
-    questions' outcomes itself."""
+class _Lags(NoObserver):
+    """The shard's engine observer: keeps frames' ingest lags for the next report (the gateway sees the
+    questions' outcomes itself; the worker's busy time is not reported under --ray)."""
 
     def __init__(self) -> None:
         self.lags: deque[tuple[str, float]] = deque(maxlen=MAX_LAGS)
 
     def frame_ingested(self, stream: str, lag_s: float) -> None:
         self.lags.append((stream, lag_s))
-
-    def question_finished(self, event: Answered | Cancelled | Failed) -> None:
-        pass
-
-    def worker_busy(self, work: Work) -> None:
-        pass
-
-    def worker_idle(self) -> None:
-        pass
 
 
 class Shard:
@@ -231,9 +222,10 @@ class Shard:
             self._observer.lags.clear()
             yield Report(changes, tuple(engine.streams_info()), engine.queued, lags)
 
-    def _on_status(self, ev: StreamStatus) -> None:
-        self._changes.append(ev)
-        self._changed.set()
+    def _on_status(self, ev: StreamEvent) -> None:
+        if isinstance(ev, StreamStatus):  # watches are not run on shards (yet): nothing else comes
+            self._changes.append(ev)
+            self._changed.set()
 
     def _ready(self) -> Engine:
         if self._engine is None:

@@ -8,10 +8,13 @@ are the same on both sides (``errors/``), so ``web/`` never knows which engine i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Protocol
 
-from engine.events import StatusListener, StreamInfo
+from engine.events import StatusListener, StreamInfo, TimelineEvent, WatchInfo
+from engine.watches import WatchSpec
+from store.events import EventQuery
 from stream.source import Source
 from stream.spec import SourceSpec
 
@@ -75,6 +78,30 @@ class EngineAPI(Protocol):
         ...
 
     def unsubscribe(self, name: str, listener: StatusListener) -> None: ...
+
+    def listen(self, listener: StatusListener) -> None:
+        """Hear every stream's events (status changes, watches, alerts)."""
+        ...
+
+    def unlisten(self, listener: StatusListener) -> None: ...
+
+    # --- watches and the timeline --------------------------------------------------------------------
+    async def add_watch(self, spec: WatchSpec) -> WatchInfo:
+        """Raises :class:`~errors.UnknownStream`, :class:`~errors.BadRequest`, :class:`~errors.Busy`..."""
+        ...
+
+    async def remove_watch(self, watch_id: int) -> WatchInfo: ...
+
+    def watches(self, streams: Sequence[str] | None = None) -> list[WatchInfo]: ...
+
+    async def events(self, query: EventQuery) -> list[TimelineEvent]:
+        """Timeline entries matching ``query``, newest first."""
+        ...
+
+    async def snapshot(self, event: int, streams: frozenset[str] | None = None) -> bytes | None: ...
+
+    @property
+    def keeps_events(self) -> bool: ...
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def shutdown(self) -> None:

@@ -17,6 +17,7 @@ from errors import ConfigError
 from models.adapter import ModelAdapter
 from models.loader import choose_placement, load_model
 from store.archive import Archive
+from store.events import EventStore
 from stream.factory import make_source
 from stream.source import Source
 from stream.spec import SourceSpec
@@ -77,12 +78,15 @@ def build_engine(
     *,
     observer: EngineObserver | None = None,
     make: Callable[[SourceSpec, float], Source] | None = None,
+    events: EventStore | None = None,
 ) -> Engine:
-    """An unstarted engine; ``make`` builds sources (default: :func:`stream.factory.make_source`)."""
+    """An unstarted engine; ``make`` builds sources (default: :func:`stream.factory.make_source`);
+    ``events``: where watches and their events are kept."""
     return Engine(
         adapter,
         recipe.settings,
         make or functools.partial(make_source, lossless=recipe.lossless),
         archive=archive,
         observer=observer,
+        events=events,
     )

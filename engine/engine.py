@@ -5,6 +5,8 @@ counted); the worker takes the pending frames of all streams as one batch, and t
 encodes them, adds them to each stream's memory and extends that stream's cached prefix; questions wait
 in one bounded queue, served round robin across the connections that asked them
 (:mod:`engine.questions`), and are answered on the cached prefix, their events delivered as they come.
+Watches (:mod:`engine.watching`) are evaluated on the same worker between those steps, never more than one
+ahead of a waiting question (:mod:`engine.schedule`); their alerts go to the streams' subscribers.
 
 Ownership is split by thread. The event loop owns the :class:`~engine.streams.LiveStream` objects
 (sources, pending slots, states, subscriptions) and the question queue; the inference thread owns
@@ -23,9 +25,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone, tzinfo
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from engine.answering import Answering, Ask, GuidedMode, Progress
 from engine.budget import fit_budget, recall_reserve
@@ -39,16 +41,21 @@ from engine.events import (
     StatusListener,
     StreamInfo,
     StreamStatus,
+    TimelineEvent,
     Timing,
     Token,
+    WatchInfo,
 )
-from engine.inference import Inference, Ingest
-from engine.observer import EngineObserver, NoObserver
+from engine.inference import Generated, Inference, Ingest
+from engine.observer import EngineObserver, NoObserver, Work
 from engine.questions import FairQueue
 from engine.recall import AUTO, RecallRequest
+from engine.schedule import Background, Generation
 from engine.sessions import SessionStore
 from engine.streams import LiveStream
 from engine.subscriptions import Subscriptions
+from engine.watches import DESCRIBE_TOKENS, WatchSpec
+from engine.watching import Watching
 from errors import (
     BadRequest,
     Busy,
@@ -59,8 +66,9 @@ from errors import (
     ShuttingDown,
     UnknownStream,
 )
-from models.adapter import ModelAdapter, SupportsGuided, Turn
+from models.adapter import ModelAdapter, SupportsGuided, SupportsYesNo, Turn
 from store.archive import Archive
+from store.events import EventQuery, EventStore
 from stream.frame import Frame
 from stream.source import Source
 from stream.spec import SourceSpec
@@ -88,6 +96,8 @@ class EngineSettings:
     #: answers under way at once, stepped together one token at a time (batched where the model can);
     #: further questions wait in the fair queue
     max_active: int = 4
+    #: streams captioned every so many seconds of stream time: (name, seconds) pairs
+    captions: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(eq=False)
@@ -113,6 +123,8 @@ class Question:
     detail: bool = False
     #: the earlier turns of the conversation, given by the asker; None: the session store's for ``session``
     turns: tuple[Turn, ...] | None = None
+    #: its number in arrival order, given when it is queued (the scheduler's barrier reads it)
+    seq: int = 0
 
 
 class Engine:
@@ -128,6 +140,7 @@ class Engine:
         sessions: SessionStore | None = None,
         archive: Archive | None = None,
         observer: EngineObserver | None = None,
+        events: EventStore | None = None,
     ) -> None:
         self.adapter = adapter
         self.settings = settings
@@ -163,9 +176,25 @@ class Engine:
         self._active: list[_Active] = []  # answers under way, stepped together
         self._idle = asyncio.Event()  # set whenever no answer is under way
         self._idle.set()
+        # Watches: evaluations, descriptions and captions share the worker (engine/schedule.py).
+        self.background = Background()
+        self.watching = Watching(
+            background=self.background,
+            publish=self.subscriptions.publish,
+            observer=self.observer,
+            store=events,
+            clock=clock,
+            timezone=self.timezone,
+            captions=dict(settings.captions),
+        )
+        self._seqs = itertools.count(1)
+        self._last_seq = 0  # the newest question number given out
 
     # --- lifecycle -----------------------------------------------------------------------------
-    async def start(self, specs: Sequence[SourceSpec]) -> None:
+    async def start(self, specs: Sequence[SourceSpec], watches: Sequence[WatchSpec] = ()) -> None:
+        """Bring back conversations and watches (``watches``: the configuration file's), start the worker
+        and the streams."""
+        await self.watching.load(watches)
         if self.archive is not None:
             n = await asyncio.to_thread(self._load_sessions, self.archive)
             if n:
@@ -191,7 +220,7 @@ class Engine:
             q.cancel.set()
             q.reply(Failed(q.id, ShuttingDown("the server is shutting down; ask again when it is back")))
         for a in self._active:
-            a.q.cancel.set()  # each stops at its next step, which sends the ShuttingDown
+            a.answering.ask.cancel.set()  # each stops at its next step (a question's sends the ShuttingDown)
         if self._active:
             await self._idle.wait()
 
@@ -266,6 +295,7 @@ class Engine:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await stream.source.close()
+        self.background.drop_stream(name)
         # Its memory lives on the inference thread: freed there, after whatever runs now.
         self._executor.submit(self._inference.drop, stream.key)
 
@@ -293,6 +323,7 @@ class Engine:
         if q.guided is not None and not isinstance(self.adapter, SupportsGuided):
             raise BadRequest(f"{self.adapter.model_id} does not support guided answers")
         q.reply = _observed(q.reply, self.observer)
+        q.seq = self._last_seq = next(self._seqs)
         out = self._questions.push(q)
         if out is q:
             raise Busy(f"{len(self._questions)} questions are waiting; ask again in a moment")
@@ -351,13 +382,17 @@ class Engine:
             log.exception("a decoding step of %d answer(s) failed", len(active))
             for a in active:
                 self._done(a)
-                a.q.reply(Failed(a.q.id, Internal("answering failed; see the server log")))
+                if a.q is not None:
+                    a.q.reply(Failed(a.q.id, Internal("answering failed; see the server log")))
             return
         for a, p in zip(active, progress, strict=True):
             self._progress(a, p)
 
     def _progress(self, a: _Active, p: Progress) -> None:
         q = a.q
+        if q is None:
+            self._made(a, p)
+            return
         if p.piece:
             if a.first is None:
                 a.first = self._clock()
@@ -381,6 +416,20 @@ class Engine:
         )
         q.reply(Answered(q.id, p.text, p.context, timing))
 
+    def _made(self, a: _Active, p: Progress) -> None:
+        """A description's or caption's progress: nothing goes out until it is done."""
+        if not p.done:
+            return
+        self._done(a)
+        job, shot = a.job, a.shot
+        assert job is not None and shot is not None
+        if p.cancelled or job.cancel.is_set():
+            if not self._closing:
+                self.background.put_back(job)
+                self._wake.set()
+            return
+        self.watching.generated(job, replace(shot, text=p.text))
+
     def _done(self, a: _Active) -> None:
         self._active.remove(a)
         if not self._active:
@@ -392,31 +441,61 @@ class Engine:
 
     # --- the worker ----------------------------------------------------------------------------
     async def _work(self) -> None:
-        """Round robin over the kinds of work, one unit each: start one waiting question (when fewer than
-        ``max_active`` are under way), ingest one batch of frames, move every active answer one token on.
+        """Round robin over the kinds of work, one unit each:
+
+        1. a due watch evaluation (one short prefill), unless a waiting question has already seen one
+           start: ``Background.evaluation_ready`` compares the waiting questions' numbers with the barrier
+           set after the last evaluation, so a question waits behind at most one evaluation;
+        2. start one waiting question when fewer than ``max_active`` answers are under way; when no
+           question waits, a description or caption takes a free place instead (and gives it back,
+           cancelled and put back in line, when a question arrives to find every place taken);
+        3. ingest one batch of frames;
+        4. move every active answer, description and caption one token on.
+
         No unit is longer than a prefill or a batch, so no answer holds the cameras or the other answers
         for more than one step."""
         while True:
             self._wake.clear()
-            admit = bool(self._questions) and len(self._active) < self.settings.max_active
+            evaluate = self.background.evaluation_ready(q.seq for q in self._questions)
+            room = len(self._active) < self.settings.max_active
+            if self._questions and not room:
+                self._yield_place()
+            admit = bool(self._questions) and room
+            describe = not self._questions and room and self.background.generations_waiting > 0
             frames = any(s.pending is not None for s in self._streams.values())
-            if not (admit or frames or self._active):
+            if not (evaluate or admit or describe or frames or self._active):
                 await self._wake.wait()
                 continue
+            if evaluate:
+                await self._unit("evaluate", self._evaluate(self.background.next_evaluation()))
+                self.background.evaluated(self._last_seq)
             if admit:
                 q = self._questions.pop()
                 await self._unit("answer", self._begin(q), f"question {q.id}")
+            elif describe:
+                job = self.background.next_generation()
+                if job is not None:
+                    await self._unit("describe", self._describe(job), f"a {job.kind} of {job.stream}")
             if frames:
                 await self._unit("ingest", self._ingest(), "ingesting a batch")
             if self._active:
                 await self._unit("answer", self._step(), "a decoding step")
 
-    async def _unit(self, kind: Literal["answer", "ingest"], work: Awaitable[None], what: str) -> None:
-        self.observer.worker_busy(kind)
+    def _yield_place(self) -> None:
+        """A description or caption gives its place to a waiting question: cancelled (it ends at its next
+        step) and made again later."""
+        for a in self._active:
+            if a.job is not None and not a.job.cancel.is_set():
+                a.job.cancel.set()
+                return
+
+    async def _unit(self, work: Work, step: Awaitable[None], what: str | None = None) -> None:
+        """Run one unit of work, telling the observer; the worker outlives any unit's failure."""
+        self.observer.worker_busy(work)
         try:
-            await work
-        except Exception:  # the worker must outlive any one unit of work
-            log.exception("%s failed", what)
+            await step
+        except Exception:
+            log.exception("%s failed", what or work)
         finally:
             self.observer.worker_idle()
 
@@ -434,6 +513,87 @@ class Engine:
             stream.memory = snapshots.get(stream.key, stream.memory)
             if stream.memory is not None and stream.memory.ingested > before:
                 self.observer.frame_ingested(stream.name, now - frame.captured_at)
+                if stream.memory.stats.end is not None and self._streams.get(stream.name) is stream:
+                    self.watching.ingested(stream.name, stream.memory.stats.end)
+
+    async def _evaluate(self, watch_id: int) -> None:
+        """Evaluate one watch on its stream's cached prefix and hand the result to the watches."""
+        w = self.watching.get(watch_id)
+        stream = None if w is None else self._streams.get(w.spec.stream)
+        if w is None or stream is None or stream.memory is None or stream.memory.stats.frames == 0:
+            return  # removed, or no video (yet): nothing to read
+        run = functools.partial(self._inference.evaluate, stream.key, stream.name, w.question)
+        started = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except Exception as exc:
+            if not isinstance(exc, LivesightError):
+                log.exception("watch %d on %s: evaluation failed", watch_id, stream.name)
+            self.watching.evaluated(watch_id, exc, time.perf_counter() - started)
+            return
+        self.watching.evaluated(watch_id, result, time.perf_counter() - started)
+
+    async def _describe(self, job: Generation) -> None:
+        """Begin an alert's description or a stream's caption: stepped with the answers, its text handed to
+        the watches when done. Cancelled (for a user's question, see :meth:`_enqueue`), it is put back to
+        be made again later."""
+        stream = self._streams.get(job.stream)
+        if stream is None or stream.memory is None or stream.memory.stats.frames == 0:
+            return
+        try:
+            answering, progress, shot = await self._run(
+                self._inference.begin_description, stream.key, stream.name, job.prompt, DESCRIBE_TOKENS, job.cancel
+            )
+        except LivesightError as exc:
+            log.warning("%s of %s: %s", job.kind, job.stream, exc.message)
+            return
+        active = _Active(None, answering, self._clock(), job=job, shot=shot)
+        self._active.append(active)
+        self._idle.clear()
+        self._progress(active, progress)
+
+    # --- watches and the timeline --------------------------------------------------------------
+    async def add_watch(self, spec: WatchSpec) -> WatchInfo:
+        """Watch ``spec.stream`` for ``spec.condition``. Raises :class:`UnknownStream`, :class:`BadRequest`
+        (an invalid watch, or a model that cannot read yes/no), :class:`TooManyWatches`, :class:`Busy`."""
+        if spec.stream not in self._streams:
+            raise UnknownStream(f"no stream named {spec.stream!r}; streams: {', '.join(self._streams) or 'none'}")
+        if not isinstance(self.adapter, SupportsYesNo):
+            raise BadRequest(f"{self.adapter.model_id} cannot evaluate watches")
+        info = await self.watching.add(spec)
+        stream = self._streams.get(spec.stream)
+        if stream is not None and stream.memory is not None and stream.memory.stats.frames > 0:
+            self.watching.due_now(info.id)  # a first reading now, not a period from now
+            self._wake.set()
+        return info
+
+    async def remove_watch(self, watch_id: int) -> WatchInfo:
+        """Stop a watch (its events stay). Raises :class:`UnknownWatch`."""
+        return await self.watching.remove(watch_id)
+
+    def watches(self, streams: Sequence[str] | None = None) -> list[WatchInfo]:
+        """The watches (of ``streams`` only, when given)."""
+        return self.watching.infos(streams)
+
+    async def events(self, query: EventQuery) -> list[TimelineEvent]:
+        """Timeline entries matching ``query``, newest first."""
+        return await self.watching.query(query)
+
+    async def snapshot(self, event: int, streams: frozenset[str] | None = None) -> bytes | None:
+        """The JPEG of an event (None: no such event, none kept, or its stream is not in ``streams``)."""
+        return await self.watching.snapshot(event, streams)
+
+    @property
+    def keeps_events(self) -> bool:
+        """Whether events are stored (an event store: ``--data``)."""
+        return self.watching.store is not None
+
+    def listen(self, listener: StatusListener) -> None:
+        """Hear every stream's events (alerts for webhooks), on the event loop; must not block."""
+        self.subscriptions.add_all(listener)
+
+    def unlisten(self, listener: StatusListener) -> None:
+        self.subscriptions.remove_all(listener)
 
     # --- status --------------------------------------------------------------------------------
     def stream_names(self) -> list[str]:
@@ -484,12 +644,15 @@ _T = TypeVar("_T")
 
 @dataclass(eq=False)
 class _Active:
-    """A question being answered (event loop side): its answer lives on the inference thread."""
+    """A question being answered, or a description or caption being made (``job``; ``shot`` the frame it
+    is made on), event loop side: the answer itself lives on the inference thread."""
 
-    q: Question
+    q: Question | None
     answering: Answering
     started: float
     first: float | None = None
+    job: Generation | None = None
+    shot: Generated | None = None
 
 
 #: Words that ask about what a frame shows in detail: text to read, small things, a closer look.

@@ -143,11 +143,87 @@ class Failed:
     error: LivesightError
 
 
+@dataclass(frozen=True, slots=True)
+class WatchInfo:
+    """A watch as ``watches`` lists it: what it asks, how, and how it fares."""
+
+    id: int
+    stream: str
+    condition: str
+    every_s: float
+    min_duration_s: float
+    cooldown_s: float
+    threshold: float
+    describe: bool
+    webhook: str | None  # the URL without credentials, query or fragment
+    origin: str  # "config" (the configuration file) or "api" (added at run time)
+    state: str  # idle, pending (holds, not alerted yet: min_duration_s or cooldown), firing (alerted, holds)
+    score: float | None  # P(yes) at the last evaluation
+    evaluated: str | None  # local ISO 8601 time of the last evaluation
+    evaluated_stream_time: float | None
+    evaluations: int  # evaluations run since the server started
+    dropped: int  # evaluations that came due while the previous one still waited (replaced by it)
+    errors: int  # evaluations that failed
+    alerts: int  # alerts since the server started
+    error: str | None  # the last evaluation's failure; None once one succeeds
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStatus:
+    """A watch was added or changed state (``info``), or was removed (``info`` None)."""
+
+    stream: str
+    watch: int
+    info: WatchInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """One entry of the timeline: an alert of a watch, or a stream's caption."""
+
+    id: int
+    kind: str  # "alert" or "caption"
+    stream: str
+    watch: int | None  # the watch that fired (alerts)
+    condition: str | None  # its condition, as it was when it fired
+    time: str  # local ISO 8601 time it started (the frame's capture time for live streams)
+    stream_time: float | None  # stream seconds of the frame it was seen in
+    ended: str | None  # when the condition stopped holding (alerts; None while it holds)
+    ended_stream_time: float | None
+    score: float | None  # P(yes) when it fired
+    text: str | None  # the description (alerts with describe) or the caption
+    snapshot: bool  # a JPEG of the frame is kept
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A watch fired: pushed to the stream's subscribers (and webhooks) as soon as it is seen."""
+
+    event: TimelineEvent
+
+    @property
+    def stream(self) -> str:
+        return self.event.stream
+
+
+@dataclass(frozen=True, slots=True)
+class AlertUpdate:
+    """An alert changed: its description is ready, or its condition stopped holding."""
+
+    event: TimelineEvent
+
+    @property
+    def stream(self) -> str:
+        return self.event.stream
+
+
 QuestionEvent = Token | Answered | Cancelled | Failed
 #: The events that end a question: after one of them, its id is free again.
 FINAL = (Answered, Cancelled, Failed)
 
 #: Receives a question's events on the event loop; must not block.
 Reply = Callable[[QuestionEvent], None]
-#: Receives a stream's status events on the event loop; must not block.
-StatusListener = Callable[[StreamStatus], None]
+#: What a stream's subscribers hear: its state, its watches, their alerts.
+StreamEvent = StreamStatus | WatchStatus | Alert | AlertUpdate
+#: Receives a stream's events on the event loop; must not block.
+StatusListener = Callable[[StreamEvent], None]

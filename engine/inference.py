@@ -14,6 +14,7 @@ restart), and questions may recall archived clips (:mod:`engine.recall`).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
@@ -21,10 +22,10 @@ from datetime import tzinfo
 import numpy as np
 
 from engine.answering import Answerer, Answering, Ask, Progress
-from engine.recall import Recaller
-from errors import LivesightError, NoVideo
+from engine.recall import OFF, Recaller
+from errors import BadRequest, LivesightError, NoVideo
 from memory import HiCoMemory, HiCoSettings, HiCoStats, Segment
-from models.adapter import ModelAdapter, Prefix, SupportsRecall
+from models.adapter import ModelAdapter, Prefix, SupportsRecall, SupportsYesNo
 from store.archive import Archive, ArchiveReader
 from stream.frame import Frame
 
@@ -50,6 +51,26 @@ class Ingest:
     stream: str
     frame: Frame
     wall_clock: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """A watch's condition read on a stream's cached prefix: P(yes), and the frame it was read at."""
+
+    score: float
+    stream_time: float  # memory time of the newest frame in the prefix
+    wall: float | None  # its wall-clock capture time (live streams)
+    image: np.ndarray | None  # the newest frame, ``[H, W, 3]`` uint8 RGB (read-only): the snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """A short description made on a stream's cached prefix, and the frame it was made on."""
+
+    text: str
+    stream_time: float | None
+    wall: float | None
+    image: np.ndarray | None
 
 
 @dataclass(eq=False)
@@ -220,6 +241,42 @@ class Inference:
     def step(self, answers: Sequence[Answering]) -> list[Progress]:
         """Move every answer one token on (batched where the model can); cancelled ones end."""
         return self._answerer.step(answers)
+
+    # --- watches ---------------------------------------------------------------------------------
+    def evaluate(self, key: int, stream: str, question: str) -> Evaluation:
+        """P(yes) for the yes/no ``question`` on the stream's cached prefix (one short prefill, nothing
+        generated, the prefix left as it was), with the newest frame. Raises :class:`NoVideo` before the
+        first frame, :class:`BadRequest` for a model that cannot; a failure drops the prefix (rebuilt on
+        next use) and re-raises."""
+        adapter = self.adapter
+        if not isinstance(adapter, SupportsYesNo):
+            raise BadRequest(f"{adapter.model_id} cannot evaluate watches (no yes/no reading)")
+        mem = self._stream(key, stream)
+        if mem.memory.stats().frames == 0:
+            raise NoVideo(f"stream {stream!r} has no video in memory yet")
+        try:
+            prefix = self._sync_prefix(mem)
+            score = adapter.yes_probability(prefix, question)
+        except LivesightError:
+            raise
+        except Exception:
+            mem.prefix = None
+            raise
+        end = prefix.end if prefix.end is not None else 0.0
+        return Evaluation(score, end, prefix.wall_end, mem.last_image)
+
+    def begin_description(
+        self, key: int, stream: str, prompt: str, max_new_tokens: int, cancel: threading.Event
+    ) -> tuple[Answering, Progress, Generated]:
+        """Begin a short answer to ``prompt`` on the cached prefix (no recall, no earlier turns): an alert's
+        description or a caption, stepped like any answer. The third value is the frame it is made on
+        (its ``text`` empty: filled in when the answer is done)."""
+        ask = Ask(key, stream, prompt, (), max_new_tokens, cancel, recall=OFF)
+        answering, progress = self.begin(ask)
+        mem = self._stream(key, stream)
+        prefix = mem.prefix
+        wall = prefix.wall_end if prefix is not None else None
+        return answering, progress, Generated("", answering.context.end, wall, mem.last_image)
 
     def _recaller_for(self) -> Recaller | None:
         if self.archive is None or self.recall_tokens <= 0:

@@ -1,8 +1,9 @@
-"""Who wants to hear about which stream: the fan-out behind ``subscribe`` and pushed status events."""
+"""Who wants to hear about which stream: the fan-out behind ``subscribe`` and pushed stream events (status
+changes, watches, alerts)."""
 
 from __future__ import annotations
 
-from engine.events import StatusListener, StreamStatus
+from engine.events import StatusListener, StreamEvent
 
 
 class Subscriptions:
@@ -11,6 +12,7 @@ class Subscriptions:
 
     def __init__(self) -> None:
         self._by_stream: dict[str, list[StatusListener]] = {}
+        self._everything: list[StatusListener] = []  # every stream's events (webhooks)
 
     def add(self, stream: str, listener: StatusListener) -> bool:
         """Subscribe; False if ``listener`` was already subscribed to ``stream``."""
@@ -29,8 +31,17 @@ class Subscriptions:
             del self._by_stream[stream]
         return True
 
-    def publish(self, event: StreamStatus) -> None:
-        for listener in list(self._by_stream.get(event.stream, ())):
+    def add_all(self, listener: StatusListener) -> None:
+        """Hear every stream's events, streams added later included."""
+        if listener not in self._everything:
+            self._everything.append(listener)
+
+    def remove_all(self, listener: StatusListener) -> None:
+        if listener in self._everything:
+            self._everything.remove(listener)
+
+    def publish(self, event: StreamEvent) -> None:
+        for listener in [*self._by_stream.get(event.stream, ()), *self._everything]:
             listener(event)
 
     def __len__(self) -> int:

@@ -54,6 +54,18 @@ class UnknownStream(LivesightError):
     kind = Kind.NOT_FOUND
 
 
+class UnknownWatch(LivesightError):
+    """A watch id that does not exist (or one on a stream this client may not see)."""
+
+    kind = Kind.NOT_FOUND
+
+
+class TooManyWatches(LivesightError):
+    """A stream (or the server) already has as many watches as it may: remove one first."""
+
+    kind = Kind.CONFLICT
+
+
 class Unauthorized(LivesightError):
     kind = Kind.UNAUTHORIZED
 

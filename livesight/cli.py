@@ -1,5 +1,5 @@
-"""The ``livesight`` command line: ``serve``, and the client commands ``ask``, ``streams``, ``add``, ``remove``
-and ``status`` (:mod:`livesight.client_commands`).
+"""The ``livesight`` command line: ``serve``, and the client commands ``ask``, ``streams``, ``add``, ``remove``,
+``status``, ``watch``, ``unwatch``, ``watches`` and ``events`` (:mod:`livesight.client_commands`).
 
 This is the edge: the only place that reads argv and the environment. Everything below gets typed values.
 """
@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="visual tokens of archived clips a question may recall (default: a quarter of the budget, at most 512)",
     )
+    s.add_argument(
+        "--webhook",
+        action="append",
+        metavar="URL",
+        help="POST every alert (JSON: the websocket alert and alert_update messages) to this http(s) URL, with "
+        "retries; repeatable (watches may name their own too)",
+    )
     s.add_argument("--max-connections", type=int, default=256, help="websocket connections at once (default 256)")
     s.add_argument(
         "--max-connections-per-address",
@@ -233,6 +240,51 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--follow", "-f", action="store_true", help="keep printing status changes until interrupted")
     st.add_argument("--json", action="store_true", help="print each status message as a JSON line")
     _client_options(st)
+    w = sub.add_parser(
+        "watch",
+        help="watch a stream for a condition and print its alerts as they come (admin token)",
+        description="Add a watch: the condition is asked of the stream's video as a yes/no question every "
+        "--every seconds; print each alert (and its updates) until interrupted, then remove the watch (unless "
+        "--keep).",
+    )
+    w.add_argument("condition", help='what to watch for, e.g. "a person is at the door" (at most 300 characters)')
+    w.add_argument("--stream", required=True, help="stream name")
+    w.add_argument("--every", type=float, default=5.0, metavar="SECONDS", help="seconds of video between evaluations")
+    w.add_argument(
+        "--min-duration", type=float, default=0.0, metavar="SECONDS", help="how long it must hold before alerting"
+    )
+    w.add_argument("--cooldown", type=float, default=60.0, metavar="SECONDS", help="no second alert within this")
+    w.add_argument("--threshold", type=float, default=0.6, help="P(yes) at which the condition holds (default 0.6)")
+    w.add_argument("--describe", action="store_true", help="a one-sentence description after each alert")
+    w.add_argument("--webhook", metavar="URL", help="also POST this watch's alerts to URL")
+    w.add_argument("--keep", action="store_true", help="leave the watch on the server when this command ends")
+    w.add_argument("--json", action="store_true", help="print each alert message as a JSON line")
+    _client_options(w)
+
+    uw = sub.add_parser("unwatch", help="remove a watch (admin token)", description="Remove a watch by its id.")
+    uw.add_argument("watch_id", type=int, metavar="ID", help="the watch's id (see livesight watches)")
+    _client_options(uw)
+
+    ws = sub.add_parser(
+        "watches", help="list a running server's watches", description="List the watches the token may see."
+    )
+    ws.add_argument("--stream", help="only this stream's")
+    ws.add_argument("--json", action="store_true", help="print the watches as a JSON array")
+    _client_options(ws)
+
+    ev = sub.add_parser(
+        "events",
+        help="list the timeline: alerts and captions, newest first",
+        description="List stored events (alerts, captions), newest first.",
+    )
+    ev.add_argument("--stream", help="only this stream's")
+    ev.add_argument("--watch", type=int, metavar="ID", help="only this watch's alerts")
+    ev.add_argument("--since", metavar="WHEN", help="an ISO 8601 time or a duration before now: 90m, 1h, 7d")
+    ev.add_argument("--until", metavar="WHEN", help="an ISO 8601 time or a duration before now")
+    ev.add_argument("--text", help="full-text search over conditions, descriptions and captions")
+    ev.add_argument("--limit", type=int, default=50, help="at most this many (default 50, at most 500)")
+    ev.add_argument("--json", action="store_true", help="print each event as a JSON line")
+    _client_options(ev)
     return parser
 
 
@@ -289,6 +341,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "metrics_public": args.metrics_public,
         "ray": args.ray,
         "shards": args.shards,
+        "webhooks": list(args.webhook or []),
     }
     sources: list[object] = []
     if args.config:
@@ -297,6 +350,9 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         file = load_config_file(args.config, env)
         sources.extend(file.streams)
         values["viewers"] = file.viewers
+        values["watches"] = file.watches
+        values["captions"] = file.captions
+        values["webhooks"] = [*file.webhooks, *(args.webhook or [])]
     sources.extend(args.source or [])
     if args.transport:
         from stream.spec import SourceSpec, apply_transports, parse_source
@@ -407,6 +463,37 @@ def _client_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         run = cmd.add(url, token, args.name, args.source_url)
     elif args.command == "remove":
         run = cmd.remove(url, token, args.name)
+    elif args.command == "watch":
+        run = cmd.watch(
+            url,
+            token,
+            args.stream,
+            args.condition,
+            every_s=args.every,
+            min_duration_s=args.min_duration,
+            cooldown_s=args.cooldown,
+            threshold=args.threshold,
+            describe=args.describe,
+            webhook=args.webhook,
+            keep=args.keep,
+            raw=args.json,
+        )
+    elif args.command == "unwatch":
+        run = cmd.unwatch(url, token, args.watch_id)
+    elif args.command == "watches":
+        run = cmd.watches(url, token, args.stream, raw=args.json)
+    elif args.command == "events":
+        run = cmd.events(
+            url,
+            token,
+            stream=args.stream,
+            watch=args.watch,
+            since=args.since,
+            until=args.until,
+            text=args.text,
+            limit=args.limit,
+            raw=args.json,
+        )
     else:
         run = cmd.status(url, token, args.names, follow=args.follow, raw=args.json)
     return asyncio.run(run)

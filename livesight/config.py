@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.watches import WatchSpec
 from errors import ConfigError
 from models.registry import DEFAULT_MODEL
 from stream.spec import SourceSpec, parse_source
@@ -67,6 +68,16 @@ class ServeConfig(BaseModel):
     shards: int | None = Field(
         None, ge=1, le=1024, description="engine shards with --ray; None: one per GPU of the cluster, else 1"
     )
+    webhooks: list[str] = Field(default_factory=list, description="URLs every alert is POSTed to (JSON)")
+    watches: list[WatchSpec] = Field(default_factory=list, description="watches from the configuration file")
+    captions: dict[str, float] = Field(default_factory=dict, description="seconds between captions, per stream")
+
+    @field_validator("webhooks")
+    @classmethod
+    def _webhooks(cls, value: list[str]) -> list[str]:
+        from web.protocol import check_webhook
+
+        return [check_webhook(u) for u in value]
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -103,6 +114,8 @@ class ServeConfig(BaseModel):
     def _shards_need_ray(self) -> ServeConfig:
         if self.shards is not None and self.ray is None:
             raise ValueError("--shards needs --ray")
+        if self.ray is not None and (self.watches or self.captions or self.webhooks):
+            raise ValueError("watches, captions and webhooks are not available with --ray yet")
         return self
 
     @model_validator(mode="after")

@@ -6,16 +6,20 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
+from pathlib import Path
 
 from engine.api import EngineAPI
 from engine.build import EngineRecipe, build_engine, load_adapter, open_archive
-from engine.engine import EngineSettings
+from engine.engine import Engine, EngineSettings
 from errors import ConfigError, LivesightError
 from livesight.config import ServeConfig
 from store.archive import Archive
+from store.events import EventStore
 from stream.policy import SourcePolicy
 from web.auth import Authenticator
 from web.server import WS_PATH, App, HostCheck, Limits
+from web.webhooks import Webhooks
 
 log = logging.getLogger("livesight")
 
@@ -45,6 +49,8 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
     log.info("listening on http://%s (websocket ws://%s%s)", base, base, WS_PATH)
     engine: EngineAPI | None = None
     archive: Archive | None = None
+    events: EventStore | None = None
+    webhooks: Webhooks | None = None
     try:
         zone = cfg.zone()
         recipe = EngineRecipe(
@@ -58,6 +64,7 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
                 ended_ttl_s=cfg.ended_ttl_s,
                 timezone=zone,
                 recall_tokens=cfg.recall_tokens,
+                captions=tuple(cfg.captions.items()),
             ),
             device=cfg.device,
             load_4bit=cfg.load_4bit,
@@ -89,9 +96,13 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
             archive = await open_archive(recipe, adapter)
             if archive is not None:
                 log.info("archive: %s (retention %s)", archive.path, _retention(cfg))
-            single = build_engine(recipe, adapter, archive, observer=app.metrics)
+                events = await _open_events(cfg)
+            single = build_engine(recipe, adapter, archive, observer=app.metrics, events=events)
             engine = single
-            await single.start(cfg.sources)
+            webhooks = _start_webhooks(cfg, single)
+            app.metrics.webhooks = webhooks
+            await single.start(cfg.sources, cfg.watches)
+            _warn_unknown_streams(cfg, single)
             app.engine = single
             log.info(
                 "ready: model %s, %d visual tokens per frame, budget %d tokens per stream, streams: %s",
@@ -112,8 +123,46 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         finally:
             if engine is not None:
                 await engine.close()
+            if webhooks is not None:
+                await asyncio.to_thread(webhooks.close)
+            if events is not None:
+                await asyncio.to_thread(events.close)  # what is queued is written before we go
             if archive is not None:
-                await asyncio.to_thread(archive.close)  # what is queued is written before we go
+                await asyncio.to_thread(archive.close)
+
+
+async def _open_events(cfg: ServeConfig) -> EventStore:
+    """The timeline (watches, events, snapshots) beside the archive, under the same retention."""
+    assert cfg.data_dir is not None
+    events = EventStore(Path(cfg.data_dir), retain_s=cfg.retain_s)
+    try:
+        await asyncio.to_thread(events.start)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot open the event store in {cfg.data_dir!r}: {exc}") from exc
+    return events
+
+
+def _start_webhooks(cfg: ServeConfig, engine: Engine) -> Webhooks:
+    """Alert delivery to ``--webhook`` URLs and to each watch's own (a watch's URL is looked up when its
+    alert is delivered, so a watch added later is served too)."""
+
+    def watch_url(watch_id: int) -> str | None:
+        w = engine.watching.get(watch_id)
+        return None if w is None else w.spec.webhook
+
+    webhooks = Webhooks(cfg.webhooks, watch_url=watch_url)
+    webhooks.start()
+    engine.listen(webhooks.on_event)
+    if cfg.webhooks:
+        log.info("webhooks: every alert is POSTed to %d URL(s)", len(cfg.webhooks))
+    return webhooks
+
+
+def _warn_unknown_streams(cfg: ServeConfig, engine: Engine) -> None:
+    names = set(engine.stream_names())
+    for w in cfg.watches:
+        if w.stream not in names:
+            log.warning("watch %r names stream %r, which is not running (yet): it waits for it", w.condition, w.stream)
 
 
 def _retention(cfg: ServeConfig) -> str:

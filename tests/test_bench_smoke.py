@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -72,6 +74,22 @@ def test_cli_start_bench_runs_and_no_client_command_imports_torch() -> None:
         timeout=300,
     ).stdout
     rows = {r["command"]: r for r in json.loads(out.strip().splitlines()[-1])["results"]}
-    for command in ("ask", "streams", "add", "remove", "status --follow"):
+    for command in ("ask", "streams", "add", "remove", "status --follow", "watch", "watches", "events"):
         assert f"livesight {command} (no server)" in rows
     assert {name: r["imports"] for name, r in rows.items() if r["imports"]} == {}
+
+
+@pytest.mark.slow
+def test_watch_bench_runs_quick_and_its_alerts_are_right() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "watch.py"), "--quick"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["latency"]["recall"] == 1.0 and report["latency"]["precision"] == 1.0
+    assert report["latency"]["websocket_latency_s"]["max"] < 5 and report["latency"]["webhook_latency_s"]
+    assert report["cost"]["evaluation_ms"] > 0
+    assert [r["streams"] for r in report["throughput"]] == [1, 2]

@@ -40,7 +40,14 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], *([cmd, "--help"] for cmd in ("serve", "ask", "streams", "add", "remove", "status"))]
+    "args",
+    [
+        ["--help"],
+        *(
+            [cmd, "--help"]
+            for cmd in ("serve", "ask", "streams", "add", "remove", "status", "watch", "unwatch", "watches", "events")
+        ),
+    ],
 )
 def test_help(args: list[str]) -> None:
     res = run(*args)

@@ -176,7 +176,7 @@ async def test_subscriptions_made_together_share_the_server_subscription(demo: S
 
 
 async def test_a_slow_reader_keeps_the_newest_updates() -> None:
-    sub = Subscription(("cam",), lambda s: None)
+    sub: Subscription[Status] = Subscription(("cam",), lambda s: None)
     for i in range(BUFFER + 10):
         sub.deliver(Status(stream="cam", state="live", frames=i))
     assert sub.dropped == 10

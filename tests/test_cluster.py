@@ -244,3 +244,5 @@ def test_serve_takes_ray_and_shards() -> None:
         load_serve_config({"token": "t" * 16, "shards": 2})
     with pytest.raises(ConfigError, match="shards"):
         load_serve_config({"token": "t" * 16, "ray": "local", "shards": 0})
+    with pytest.raises(ConfigError, match="not available with --ray yet"):
+        load_serve_config({"token": "t" * 16, "ray": "local", "webhooks": ["http://127.0.0.1:9/hook"]})

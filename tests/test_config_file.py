@@ -92,8 +92,8 @@ def test_every_problem_is_listed_with_its_entry_and_no_credentials(tmp_path: Pat
     ("text", "error"),
     [
         ("[[streams]\n", "is not valid TOML"),
-        ("", "lists no [[streams]] and no [[viewers]]"),
-        ("streams = []", "lists no [[streams]] and no [[viewers]]"),
+        ("", "lists no [[streams]], [[viewers]] or [[watches]]"),
+        ("streams = []", "lists no [[streams]], [[viewers]] or [[watches]]"),
         ("streams = ['demo']", "streams[0]: Input should be a valid dictionary"),
     ],
 )

@@ -105,6 +105,15 @@ class RecordingObserver:
     def worker_idle(self) -> None:
         self.work.append(None)
 
+    def evaluation_finished(self, stream: str, seconds: float, *, ok: bool) -> None:
+        pass
+
+    def evaluation_dropped(self, stream: str) -> None:
+        pass
+
+    def alert_fired(self, stream: str) -> None:
+        pass
+
 
 async def test_the_engine_reports_to_its_observer(tiny: SmolVLMAdapter) -> None:
     """Frames with their lag, every question's end (refusals at submission too), and busy/idle in pairs;

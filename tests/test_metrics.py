@@ -125,8 +125,8 @@ def test_busy_ratio_counts_the_window_only() -> None:
     busy.start("answer")
     now[0] = 117.0
     assert busy.ratio() == pytest.approx(0.7)  # the running span counts as it runs
-    assert busy.totals() == {"answer": 5.0, "ingest": 2.0}
+    assert busy.totals() == {"answer": 5.0, "ingest": 2.0, "evaluate": 0.0, "describe": 0.0}
     busy.stop()
     now[0] = 130.0
     assert busy.ratio() == 0.0
-    assert busy.totals() == {"answer": 5.0, "ingest": 2.0}
+    assert busy.totals() == {"answer": 5.0, "ingest": 2.0, "evaluate": 0.0, "describe": 0.0}

@@ -30,8 +30,10 @@ from errors import (
     ShuttingDown,
     SourceError,
     TooLarge,
+    TooManyWatches,
     Unauthorized,
     UnknownStream,
+    UnknownWatch,
 )
 from web import protocol
 from web.protocol import MAX_MESSAGE_BYTES, Ask, Auth, Cancel, ProtocolError, parse, request
@@ -128,6 +130,7 @@ def test_every_error_has_one_documented_code(error: LivesightError, code: str) -
 def test_every_documented_code_is_reachable() -> None:
     """No code in the README's list is dead: each is what some error maps to."""
     errors = [BadRequest, UnknownStream, NoVideo, Unauthorized, Forbidden, TooLarge, Busy, ShuttingDown, Internal]
+    errors += [UnknownWatch, TooManyWatches]
     assert sorted({protocol.error_code(e("x")) for e in errors}) == sorted(protocol.ERROR_CODES)
 
 

@@ -224,6 +224,16 @@ async def test_a_killed_shard_comes_back_with_its_streams_and_no_client_drops(
         answer = await clients[moved].wait(final("moved"), 60, since=mark)
         assert answer["type"] == "answer", answer
 
+        # Watches are not forwarded to shards yet: refused with a typed, non-retryable error.
+        c = clients["cam0"]
+        mark = len(c.seen)
+        await c.send({"type": "watch", "id": "w1", "stream": "cam0", "condition": "Is the light on?"})
+        await c.send({"type": "events", "id": "e1"})
+        for rid in ("w1", "e1"):
+            refused = await c.wait(lambda m, rid=rid: m.get("id") == rid, 10, since=mark)
+            assert refused["type"] == "error" and refused["code"] == "bad_request" and not refused["retryable"]
+            assert "not available with --ray" in refused["message"], refused
+
         # A WHIP publisher: its WebRTC connection ends at the gateway, its frames reach a shard's memory.
         loads = [sum(1 for n in STREAMS if gateway.shard_of(n) == i) for i in (0, 1)]
         publisher = await publish(app.port(), "pub")

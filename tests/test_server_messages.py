@@ -4,13 +4,41 @@ validates against its model, field for field, and every model has a shaping func
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from engine.events import AnswerContext, Answered, Cancelled, Failed, StreamInfo, StreamStatus, TierInfo, Timing, Token
-from errors import BadRequest, Busy, Forbidden, Internal, NoVideo, ShuttingDown, TooLarge, Unauthorized, UnknownStream
+from engine.events import (
+    Alert,
+    AlertUpdate,
+    AnswerContext,
+    Answered,
+    Cancelled,
+    Failed,
+    StreamInfo,
+    StreamStatus,
+    TierInfo,
+    TimelineEvent,
+    Timing,
+    Token,
+    WatchInfo,
+    WatchStatus,
+)
+from errors import (
+    BadRequest,
+    Busy,
+    Forbidden,
+    Internal,
+    NoVideo,
+    ShuttingDown,
+    TooLarge,
+    TooManyWatches,
+    Unauthorized,
+    UnknownStream,
+    UnknownWatch,
+)
 from web import protocol, server_messages
 
 INFO = StreamInfo(
@@ -51,6 +79,69 @@ STARTING = StreamInfo(
 CONTEXT = AnswerContext(start=1.0, end=9.5, frames=8, tokens=300, visual_tokens=128, guided=None)
 GUIDED = AnswerContext(start=None, end=None, frames=0, tokens=0, visual_tokens=0, guided="attention")
 TIMING = Timing(queue_ms=0.5, ttft_ms=12.0, total_ms=40.0)
+WATCH = WatchInfo(
+    id=3,
+    stream="cam",
+    condition="a person is at the door",
+    every_s=5.0,
+    min_duration_s=0.0,
+    cooldown_s=60.0,
+    threshold=0.6,
+    describe=True,
+    webhook="https://hooks.example.com/alerts",
+    origin="api",
+    state="firing",
+    score=0.91,
+    evaluated="2026-12-01T10:00:05.000+01:00",
+    evaluated_stream_time=65.0,
+    evaluations=13,
+    dropped=1,
+    errors=0,
+    alerts=1,
+    error=None,
+)
+NEW_WATCH = WatchInfo(
+    4,
+    "door",
+    "the lights are off",
+    2.0,
+    4.0,
+    0.0,
+    0.7,
+    False,
+    None,
+    "config",
+    "idle",
+    None,
+    None,
+    None,
+    0,
+    0,
+    0,
+    0,
+    None,
+)
+ALERT = TimelineEvent(
+    id=7,
+    kind="alert",
+    stream="cam",
+    watch=3,
+    condition="a person is at the door",
+    time="2026-12-01T10:00:05.000+01:00",
+    stream_time=65.0,
+    ended=None,
+    ended_stream_time=None,
+    score=0.91,
+    text=None,
+    snapshot=True,
+)
+DESCRIBED = TimelineEvent(
+    7, "alert", "cam", 3, "a person is at the door", "2026-12-01T10:00:05.000+01:00", 65.0,
+    "2026-12-01T10:00:15.000+01:00", 75.0, 0.91, "A man in a red coat rings the bell.", True,
+)  # fmt: skip
+CAPTION = TimelineEvent(
+    8, "caption", "cam", None, None, "2026-12-01T10:01:00.000+01:00", 120.0, None, None, None, "A quiet street.", False
+)
 
 #: Every server message the shaping functions make, each kind in its variants.
 MADE: list[dict[str, Any]] = [
@@ -84,6 +175,21 @@ MADE: list[dict[str, Any]] = [
     protocol.stream_removed("r2", "cam"),
     protocol.stream_removed(None, "cam"),
     protocol.unsubscribed("cam"),
+    protocol.watching("w1", WATCH),
+    protocol.watching(None, NEW_WATCH),
+    protocol.unwatched("w2", WATCH),
+    protocol.watches("w3", [WATCH, NEW_WATCH]),
+    protocol.watches(None, []),
+    protocol.watch_status(WatchStatus("cam", 3, WATCH)),
+    protocol.watch_status(WatchStatus("cam", 3, None)),
+    protocol.alert(Alert(ALERT)),
+    protocol.alert(Alert(replace(ALERT, snapshot=False))),
+    protocol.alert_update(AlertUpdate(DESCRIBED)),
+    protocol.alert_update(AlertUpdate(ALERT)),
+    protocol.events("e1", [DESCRIBED, CAPTION]),
+    protocol.events(None, []),
+    protocol.error("w4", UnknownWatch("no watch 9")),
+    protocol.error("w5", TooManyWatches("16 watches")),
 ]
 
 

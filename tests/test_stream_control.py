@@ -183,7 +183,7 @@ async def test_transitions_without_frames_are_pushed(tiny: SmolVLMAdapter) -> No
         return "removed" if ev.info is None else ev.info.state
 
     try:
-        engine.subscribe("cam", pushed.append)
+        engine.subscribe("cam", lambda ev: pushed.append(ev) if isinstance(ev, StreamStatus) else None)
         await until(lambda: state(pushed[-1]) == "live", 5, "live")
         for want in ("reconnecting", "live", "offline"):
             cams[0].step.set()

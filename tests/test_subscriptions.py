@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from engine.events import StreamStatus
+from engine.events import StreamEvent, StreamStatus
 from engine.subscriptions import Subscriptions
 
 
 def test_publish_reaches_the_subscribers_of_that_stream_only_once_each() -> None:
     subs = Subscriptions()
-    a: list[StreamStatus] = []
-    b: list[StreamStatus] = []
+    a: list[StreamEvent] = []
+    b: list[StreamEvent] = []
     assert subs.add("cam", a.append)
     assert not subs.add("cam", a.append)  # already subscribed
     assert subs.add("door", b.append)
@@ -20,7 +20,7 @@ def test_publish_reaches_the_subscribers_of_that_stream_only_once_each() -> None
 
 def test_removing_and_a_subscription_that_outlives_its_stream() -> None:
     subs = Subscriptions()
-    got: list[StreamStatus] = []
+    got: list[StreamEvent] = []
     subs.add("cam", got.append)
     subs.publish(StreamStatus("cam", None))  # removed ...
     subs.publish(StreamStatus("cam", None))  # ... and a new stream of that name: still heard
@@ -35,7 +35,7 @@ def test_a_listener_may_unsubscribe_while_being_told() -> None:
     subs = Subscriptions()
     got: list[str] = []
 
-    def once(ev: StreamStatus) -> None:
+    def once(ev: StreamEvent) -> None:
         got.append(ev.stream)
         subs.remove("cam", once)
 

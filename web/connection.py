@@ -7,7 +7,8 @@ cancelled, a close (code 1013) is attempted for ``CUT_OFF_S`` seconds, and then 
 so a client that cannot even take a close frame does not linger.
 
 Every message is checked against the client's role (:mod:`web.auth`): a viewer sees and asks about its
-own streams only (others are reported unknown) and cannot add or remove streams. A stream added at run
+own streams only (others are reported unknown), lists their watches and events and hears their alerts, and
+cannot add or remove streams or watches. A stream added at run
 time must pass the server's allow-lists (:class:`stream.policy.SourcePolicy`).
 """
 
@@ -27,24 +28,30 @@ from websockets.exceptions import ConnectionClosed
 
 from engine.api import EngineAPI
 from engine.engine import Question
-from engine.events import FINAL, QuestionEvent, StreamStatus
+from engine.events import FINAL, QuestionEvent, StreamEvent
 from engine.recall import AUTO, OFF, RecallRequest
+from engine.watches import WatchSpec
 from errors import BadRequest, Busy, Forbidden, LivesightError, Unauthorized, UnknownStream
 from stream.policy import SourcePolicy
 from stream.spec import check_name
 from web import protocol
 from web.auth import Authenticator, Principal
+from web.events_http import event_query
 from web.protocol import (
     AddStream,
     Ask,
     Auth,
     Cancel,
+    Events,
     ProtocolError,
     RecallWindow,
     RemoveStream,
     Streams,
     Subscribe,
     Unsubscribe,
+    Unwatch,
+    Watch,
+    Watches,
     Wire,
     parse,
 )
@@ -235,6 +242,21 @@ class ClientConnection:
                 self.engine.unsubscribe(msg.stream, self._on_status)
                 self._subscribed.discard(msg.stream)
                 self.send(protocol.unsubscribed(msg.stream))
+            elif isinstance(msg, Watch):
+                self._admin("add watches")
+                self._visible(msg.stream)
+                self._start(self._watch(msg), f"watch:{msg.stream}")
+            elif isinstance(msg, Unwatch):
+                self._admin("remove watches")
+                self._start(self._unwatch(msg), f"unwatch:{msg.watch}")
+            elif isinstance(msg, Watches):
+                if msg.stream is not None:
+                    self._visible(msg.stream)
+                streams = [msg.stream] if msg.stream is not None else None
+                infos = [w for w in self.engine.watches(streams) if self._sees(w.stream)]
+                self.send(protocol.watches(msg.id, infos))
+            elif isinstance(msg, Events):
+                self._start(self._events(msg), "events")
             elif isinstance(msg, Auth):
                 raise BadRequest("already authenticated")
         except LivesightError as exc:
@@ -306,6 +328,42 @@ class ClientConnection:
             return
         self.send(protocol.stream_added(msg.id, spec.name, spec.display_url))
 
+    async def _watch(self, msg: Watch) -> None:
+        spec = WatchSpec(
+            stream=msg.stream,
+            condition=msg.condition.strip(),
+            every_s=float(msg.every_s),
+            min_duration_s=float(msg.min_duration_s),
+            cooldown_s=float(msg.cooldown_s),
+            threshold=float(msg.threshold),
+            describe=msg.describe,
+            webhook=msg.webhook,
+        )
+        try:
+            info = await self.engine.add_watch(spec)
+        except LivesightError as exc:
+            self._error(msg.id, exc)
+            return
+        self.send(protocol.watching(msg.id, info))
+
+    async def _unwatch(self, msg: Unwatch) -> None:
+        try:
+            info = await self.engine.remove_watch(msg.watch)
+        except LivesightError as exc:
+            self._error(msg.id, exc)
+            return
+        self.send(protocol.unwatched(msg.id, info))
+
+    async def _events(self, msg: Events) -> None:
+        try:
+            visible = self.principal.streams if self.principal is not None else frozenset()
+            query = event_query(msg, visible, self._clock(), self.engine.timezone)
+            found = await self.engine.events(query)
+        except LivesightError as exc:
+            self._error(msg.id, exc)
+            return
+        self.send(protocol.events(msg.id, found))
+
     async def _remove_stream(self, msg: RemoveStream) -> None:
         try:
             await self.engine.remove_stream(msg.name)
@@ -321,8 +379,8 @@ class ClientConnection:
             self._active.pop(ev.question, None)
         self.send(protocol.event(ev))
 
-    def _on_status(self, ev: StreamStatus) -> None:
-        self.send(protocol.status(ev))
+    def _on_status(self, ev: StreamEvent) -> None:
+        self.send(protocol.stream_event(ev))
 
     def _error(self, msg_id: str | None, exc: LivesightError) -> None:
         self.send(protocol.error(msg_id, exc))

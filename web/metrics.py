@@ -30,12 +30,15 @@ from web.protocol import ERROR_CODES, error_code
 
 if TYPE_CHECKING:
     from engine.api import EngineAPI
+    from web.webhooks import Webhooks
 
 METRICS_PATH = "/metrics"
-WORK: tuple[Work, ...] = ("answer", "ingest")
+WORK: tuple[Work, ...] = ("answer", "ingest", "evaluate", "describe")
 STATES = tuple(s.value for s in SourceState)
 #: Seconds: time to first token, and a frame's lag from capture to memory.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: Seconds of the inference worker one watch evaluation takes (one short prefill).
+EVALUATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TOKEN_RATE_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 BUSY_WINDOW_S = 60.0
 
@@ -115,6 +118,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.evaluations = Counter(
+            "livesight_watch_evaluations",
+            "Watch evaluations, by stream and outcome (ok, failed)",
+            ["stream", "outcome"],
+            registry=r,
+        )
+        self.evaluations_dropped = Counter(
+            "livesight_watch_evaluations_dropped",
+            "Watch evaluations that came due while the previous one still waited (the worker was behind)",
+            ["stream"],
+            registry=r,
+        )
+        self.evaluation_seconds = Histogram(
+            "livesight_watch_evaluation_seconds",
+            "Seconds of the inference worker one watch evaluation took",
+            buckets=EVALUATION_BUCKETS,
+            registry=r,
+        )
+        self.alerts = Counter("livesight_alerts", "Alerts fired, by stream", ["stream"], registry=r)
+        self.webhooks: Webhooks | None = None  # set by serve when alerts are delivered by webhook
         self.busy = BusyClock(clock)
         self._lag_streams: set[str] = set()
         for outcome in ("answered", "cancelled"):
@@ -156,6 +179,17 @@ class Metrics:
     def worker_idle(self) -> None:
         self.busy.stop()
 
+    def evaluation_finished(self, stream: str, seconds: float, *, ok: bool) -> None:
+        self.evaluations.labels(stream, "ok" if ok else "failed").inc()
+        if ok:
+            self.evaluation_seconds.observe(seconds)
+
+    def evaluation_dropped(self, stream: str) -> None:
+        self.evaluations_dropped.labels(stream).inc()
+
+    def alert_fired(self, stream: str) -> None:
+        self.alerts.labels(stream).inc()
+
     # --- scrapes ---------------------------------------------------------------------------------
     def exposition(self, accept: str | None, streams: frozenset[str] | None = None) -> tuple[bytes, str]:
         """The metrics in the format ``accept`` asks for (Prometheus text by default, OpenMetrics when
@@ -196,10 +230,33 @@ class _Live:
             f"Fraction of the last {BUSY_WINDOW_S:g} s the inference worker was busy",
             value=m.busy.ratio(),
         )
+        if m.webhooks is not None:
+            st = m.webhooks.stats()
+            deliveries = CounterMetricFamily(
+                "livesight_webhook_deliveries",
+                "Webhook deliveries: delivered, retried (an attempt failed), failed (gave up), dropped (outbox full)",
+                labels=["outcome"],
+            )
+            for outcome, n in (
+                ("delivered", st.delivered),
+                ("retried", st.retried),
+                ("failed", st.failed),
+                ("dropped", st.dropped),
+            ):
+                deliveries.add_metric([outcome], n)
+            yield deliveries
+            yield GaugeMetricFamily("livesight_webhook_pending", "Webhook deliveries waiting", value=st.pending)
         engine = m._engine()
         if engine is None:
             return
         yield GaugeMetricFamily("livesight_question_queue_depth", "Questions waiting", value=engine.queued)
+        watches = GaugeMetricFamily("livesight_watches", "Watches per stream", labels=["stream"])
+        per_stream: dict[str, int] = {}
+        for w in engine.watches():
+            per_stream[w.stream] = per_stream.get(w.stream, 0) + 1
+        for name, n in per_stream.items():
+            watches.add_metric([name], n)
+        yield watches
         yield from _streams(engine)
 
 

@@ -12,9 +12,11 @@ with; ``tests/test_server_messages.py`` checks every shape made here against it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -26,11 +28,45 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
-from engine.events import Answered, Cancelled, Failed, QuestionEvent, StreamInfo, StreamStatus, Token
-from errors import BadRequest, Kind, LivesightError, NoVideo, TooLarge, UnknownStream
+from engine.events import (
+    Alert,
+    AlertUpdate,
+    Answered,
+    Cancelled,
+    Failed,
+    QuestionEvent,
+    StreamEvent,
+    StreamInfo,
+    StreamStatus,
+    TimelineEvent,
+    Token,
+    WatchInfo,
+    WatchStatus,
+)
+from engine.watches import (
+    DEFAULT_COOLDOWN_S,
+    DEFAULT_EVERY_S,
+    DEFAULT_THRESHOLD,
+    HYSTERESIS,
+    MAX_CONDITION_CHARS,
+    MAX_DURATION_S,
+    MAX_EVERY_S,
+    MIN_EVERY_S,
+)
+from errors import (
+    BadRequest,
+    Kind,
+    LivesightError,
+    NoVideo,
+    TooLarge,
+    TooManyWatches,
+    UnknownStream,
+    UnknownWatch,
+)
 
 #: Largest client message the protocol accepts (bytes of UTF-8). Larger ones get ``too_large``; the
 #: connection stays open. Messages over :data:`HARD_LIMIT_BYTES` close the connection (code 1009).
@@ -128,7 +164,148 @@ class Unsubscribe(_Msg):
     stream: Name
 
 
-Message = Auth | Ask | Cancel | Streams | AddStream | RemoveStream | Subscribe | Unsubscribe
+Number = StrictFloat | StrictInt
+#: Events one ``events`` request (or ``GET /v1/events``) returns at most.
+MAX_EVENTS = 500
+MAX_TEXT_QUERY_CHARS = 200
+
+
+def check_webhook(url: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host (``ValueError`` otherwise)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("a webhook is an http:// or https:// URL with a host")
+    return url
+
+
+class Watch(_Msg):
+    """Watch ``stream`` for ``condition`` (a yes/no question asked of its video every ``every_s`` seconds);
+    admin token. ``id`` names the request (echoed in ``watching``)."""
+
+    type: Literal["watch"] = "watch"
+    id: Id | None = None
+    stream: Name
+    condition: Annotated[StrictStr, Field(min_length=1, max_length=MAX_CONDITION_CHARS)]
+    every_s: Annotated[Number, Field(ge=MIN_EVERY_S, le=MAX_EVERY_S)] = DEFAULT_EVERY_S
+    min_duration_s: Annotated[Number, Field(ge=0, le=MAX_DURATION_S)] = 0.0
+    cooldown_s: Annotated[Number, Field(ge=0, le=MAX_DURATION_S)] = DEFAULT_COOLDOWN_S
+    threshold: Annotated[Number, Field(gt=HYSTERESIS, lt=1)] = DEFAULT_THRESHOLD
+    describe: StrictBool = False
+    webhook: Annotated[StrictStr, Field(max_length=2048)] | None = None
+
+    @field_validator("condition")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the condition is blank")
+        return value
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return None if value is None else check_webhook(value)
+
+
+class Unwatch(_Msg):
+    """Stop watch ``watch``; admin token."""
+
+    type: Literal["unwatch"] = "unwatch"
+    id: Id | None = None
+    watch: Annotated[StrictInt, Field(ge=1)]
+
+
+class Watches(_Msg):
+    """List the watches (of ``stream``, when given) this token may see."""
+
+    type: Literal["watches"] = "watches"
+    id: Id | None = None
+    stream: Name | None = None
+
+
+def _time_bound(value: str | None) -> str | None:
+    if value is not None:
+        parse_since(value, 0.0, None)  # raises ValueError for what is neither a time nor a duration
+    return value
+
+
+class Events(_Msg):
+    """Timeline entries (alerts, captions), newest first. ``since``/``until``: ISO 8601 times (without an
+    offset: the server's time zone) or durations before now (``90s``, ``30m``, ``1h``, ``7d``)."""
+
+    type: Literal["events"] = "events"
+    id: Id | None = None
+    stream: Name | None = None
+    watch: Annotated[StrictInt, Field(ge=1)] | None = None
+    kind: Literal["alert", "caption"] | None = None
+    since: Annotated[StrictStr, Field(max_length=64)] | None = None
+    until: Annotated[StrictStr, Field(max_length=64)] | None = None
+    text: Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT_QUERY_CHARS)] | None = None
+    limit: Annotated[StrictInt, Field(ge=1, le=MAX_EVENTS)] = 50
+
+    @field_validator("since", "until")
+    @classmethod
+    def _bound(cls, value: str | None) -> str | None:
+        return _time_bound(value)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float, tz: tzinfo | None) -> float:
+    """A time bound as seconds since the epoch: an ISO 8601 time (without an offset: in ``tz``) or a
+    duration before ``now`` (``90s``, ``30m``, ``1h``, ``7d``, ``2w``). ``ValueError`` for anything else."""
+    m = _DURATION.match(text)
+    if m is not None:
+        return now - float(m.group(1)) * _UNIT_S[m.group(2).lower()]
+    try:
+        t = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO 8601 time nor a duration such as 1h") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=tz) if tz is not None else t.astimezone()
+    return t.timestamp()
+
+
+def events_filter(
+    stream: str | None = None,
+    watch: int | None = None,
+    kind: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    text: str | None = None,
+    limit: int = 50,
+) -> Events:
+    """An ``events`` request from loose values (an HTTP query string's), validated the same way;
+    ``BadRequest`` naming what is wrong."""
+    try:
+        return Events.model_validate(
+            {
+                k: v
+                for k, v in dict(
+                    stream=stream, watch=watch, kind=kind, since=since, until=until, text=text, limit=limit
+                ).items()
+                if v is not None
+            }
+        )
+    except ValidationError as exc:
+        raise BadRequest(_describe(exc, "events")) from None
+
+
+Message = (
+    Auth
+    | Ask
+    | Cancel
+    | Streams
+    | AddStream
+    | RemoveStream
+    | Subscribe
+    | Unsubscribe
+    | Watch
+    | Unwatch
+    | Watches
+    | Events
+)
 Request = Annotated[Message, Field(discriminator="type")]
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Request)
 
@@ -177,7 +354,7 @@ def _describe(exc: ValidationError, kind: str) -> str:
     if first["type"] == "union_tag_invalid":
         return (
             f"unknown message type {kind!r}; known: auth, ask, cancel, streams, "
-            "add_stream, remove_stream, subscribe, unsubscribe"
+            "add_stream, remove_stream, subscribe, unsubscribe, watch, unwatch, watches, events"
         )
     where = ".".join(str(p) for p in first["loc"][1:]) or "message"
     return f"{kind}: field {where!r}: {first['msg']}"
@@ -187,7 +364,12 @@ def _describe(exc: ValidationError, kind: str) -> str:
 Wire = dict[str, Any]
 
 #: Wire codes of errors that name a thing; the rest are mapped by kind below.
-_CODE_BY_CLASS: dict[type[LivesightError], str] = {UnknownStream: "unknown_stream", NoVideo: "no_video"}
+_CODE_BY_CLASS: dict[type[LivesightError], str] = {
+    UnknownStream: "unknown_stream",
+    NoVideo: "no_video",
+    UnknownWatch: "unknown_watch",
+    TooManyWatches: "too_many_watches",
+}
 _CODE_BY_KIND: dict[Kind, str] = {
     Kind.INVALID: "bad_request",
     Kind.CONFLICT: "bad_request",
@@ -209,6 +391,8 @@ ERROR_CODES = (
     "busy",
     "unavailable",
     "internal",
+    "unknown_watch",
+    "too_many_watches",
 )
 
 
@@ -257,6 +441,92 @@ def stream_removed(msg_id: str | None, name: str) -> Wire:
 
 def unsubscribed(name: str) -> Wire:
     return {"type": "unsubscribed", "stream": name}
+
+
+# --- watches and the timeline ------------------------------------------------------------------------
+def snapshot_url(event: int) -> str:
+    """Where an event's JPEG is served (relative to the server: ``GET`` with the bearer token)."""
+    return f"/v1/events/{event}/snapshot.jpg"
+
+
+def watch_info(info: WatchInfo) -> Wire:
+    out = asdict(info)
+    return out
+
+
+def watching(msg_id: str | None, info: WatchInfo) -> Wire:
+    return {"type": "watching", "id": msg_id, "watch": watch_info(info)}
+
+
+def unwatched(msg_id: str | None, info: WatchInfo) -> Wire:
+    return {"type": "unwatched", "id": msg_id, "watch": info.id, "stream": info.stream}
+
+
+def watches(msg_id: str | None, infos: list[WatchInfo]) -> Wire:
+    return {"type": "watches", "id": msg_id, "watches": [watch_info(i) for i in infos]}
+
+
+def watch_status(ev: WatchStatus) -> Wire:
+    """A watch added or changing state, or ``state`` "removed" (``info`` null)."""
+    if ev.info is None:
+        return {"type": "watch_status", "stream": ev.stream, "watch": ev.watch, "state": "removed", "info": None}
+    return {
+        "type": "watch_status",
+        "stream": ev.stream,
+        "watch": ev.watch,
+        "state": ev.info.state,
+        "info": watch_info(ev.info),
+    }
+
+
+def timeline_event(e: TimelineEvent) -> Wire:
+    """One timeline entry as ``events`` lists it (``GET /v1/events`` too)."""
+    out = asdict(e)
+    out["snapshot"] = snapshot_url(e.id) if e.snapshot else None
+    return out
+
+
+def events(msg_id: str | None, found: list[TimelineEvent]) -> Wire:
+    return {"type": "events", "id": msg_id, "events": [timeline_event(e) for e in found]}
+
+
+def alert(ev: Alert) -> Wire:
+    e = ev.event
+    return {
+        "type": "alert",
+        "event": e.id,
+        "watch": e.watch,
+        "stream": e.stream,
+        "condition": e.condition,
+        "time": e.time,
+        "stream_time": e.stream_time,
+        "score": e.score,
+        "snapshot": snapshot_url(e.id) if e.snapshot else None,
+    }
+
+
+def alert_update(ev: AlertUpdate) -> Wire:
+    e = ev.event
+    return {
+        "type": "alert_update",
+        "event": e.id,
+        "watch": e.watch,
+        "stream": e.stream,
+        "description": e.text,
+        "ended": e.ended,
+        "ended_stream_time": e.ended_stream_time,
+    }
+
+
+def stream_event(ev: StreamEvent) -> Wire:
+    """Anything a stream's subscribers hear, as its wire message."""
+    if isinstance(ev, StreamStatus):
+        return status(ev)
+    if isinstance(ev, WatchStatus):
+        return watch_status(ev)
+    if isinstance(ev, Alert):
+        return alert(ev)
+    return alert_update(ev)
 
 
 def event(ev: QuestionEvent) -> Wire:

@@ -1,7 +1,8 @@
 """One port: ``GET /healthz``, the websocket API at ``/v1/ws``, the page at ``/``, Prometheus metrics at
 ``/metrics`` (:mod:`web.metrics`), the OpenAI-compatible API at ``/v1/models`` and ``/v1/chat/completions``
-(:mod:`web.openai_http`), and WHIP ingest at ``/v1/whip/<name>`` (:mod:`web.whip`). GET requests are
-answered in websockets' ``process_request``; other methods come through :mod:`web.plain_http`.
+(:mod:`web.openai_http`), WHIP ingest at ``/v1/whip/<name>`` (:mod:`web.whip`), and the timeline at
+``/v1/events`` (:mod:`web.events_http`). GET requests are answered in websockets' ``process_request`` (the
+timeline's asynchronously: its reads run in a thread); other methods come through :mod:`web.plain_http`.
 
 Every request's ``Host`` must name this server (:class:`HostCheck`), which stops DNS rebinding: a page on
 a hostile name that resolves to this machine is refused even though its ``Origin`` matches its ``Host``.
@@ -12,11 +13,13 @@ Websocket connections and chat completions in progress are limited per client ad
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Iterable
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -32,6 +35,7 @@ from stream.policy import SourcePolicy
 from web import openai_api
 from web.auth import Authenticator
 from web.connection import OUTBOX, OUTBOX_BYTES, ClientConnection
+from web.events_http import EventsEndpoint, is_events_path
 from web.metrics import METRICS_PATH, Metrics
 from web.openai_http import OpenAIEndpoint, shape_error
 from web.plain_http import HttpError, HttpRequest, HttpResponse, connection_class
@@ -120,9 +124,10 @@ class App:
         self.metrics.bind(lambda: self.engine, lambda: len(self._clients), lambda: self.auth.limiter.total)
         self.openai = OpenAIEndpoint(auth, lambda: self.engine, self._slots)
         self._whip = WhipEndpoint(auth, lambda: self.engine, self.hosts)
+        self._events = EventsEndpoint(auth, lambda: self.engine, time.time)
 
     # --- HTTP ------------------------------------------------------------------------------------
-    def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, conn: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
         if not self.hosts.allows(request.headers.get("Host")):
             return json_response(HTTPStatus.MISDIRECTED_REQUEST, {"error": "this server does not answer to that Host"})
         path = urlsplit(request.path).path
@@ -132,6 +137,8 @@ class App:
             return self._metrics(request.headers, _address(conn))
         if path == openai_api.MODELS_PATH or path.startswith(openai_api.MODELS_PATH + "/"):
             return _from_plain(self.openai.models(path, request.headers.get("Authorization"), _address(conn)))
+        if is_events_path(path):
+            return self._timeline(request, _address(conn))
         if path == openai_api.CHAT_PATH:
             refusal = openai_api.ApiError(
                 HTTPStatus.METHOD_NOT_ALLOWED, "ask with POST", "bad_request", headers=[("Allow", "POST")]
@@ -152,6 +159,9 @@ class App:
             page = resources.files("web").joinpath("static/index.html").read_bytes()
             return _response(HTTPStatus.OK, page, "text/html; charset=utf-8")
         return json_response(HTTPStatus.NOT_FOUND, {"error": f"no route {path}"})
+
+    async def _timeline(self, request: Request, address: str) -> Response:
+        return _from_plain(await self._events.get(request.path, request.headers.get("Authorization"), address))
 
     def _refuse_over_limit(self, address: str) -> Response | None:
         refusal = self._slots.refusal(address)
@@ -199,6 +209,9 @@ class App:
                 {"name": s.name, "state": s.state} for s in self.engine.streams_info() if who.sees(s.name)
             ]
             body["queued"] = self.engine.queued
+            body["watches"] = sum(1 for w in self.engine.watches() if who.sees(w.stream))
+        if self.metrics.webhooks is not None and who.admin:
+            body["webhooks"] = dataclasses.asdict(self.metrics.webhooks.stats())
         return json_response(code, body)
 
     # --- websocket -------------------------------------------------------------------------------

@@ -103,6 +103,47 @@ class Timing(_Part):
     total_ms: float
 
 
+class WatchInfo(_Part):
+    """A watch: what it asks, how, and how it fares."""
+
+    id: int
+    stream: str
+    condition: str
+    every_s: float
+    min_duration_s: float
+    cooldown_s: float
+    threshold: float
+    describe: bool
+    webhook: str | None = None  # without credentials, query or fragment
+    origin: str  # "config" or "api"
+    state: str  # idle, pending, firing
+    score: float | None = None  # P(yes) at the last evaluation
+    evaluated: str | None = None  # local ISO 8601 time of the last evaluation
+    evaluated_stream_time: float | None = None
+    evaluations: int = 0
+    dropped: int = 0  # evaluations replaced by a newer one before the worker could take them
+    errors: int = 0
+    alerts: int = 0
+    error: str | None = None
+
+
+class TimelineEvent(_Part):
+    """One timeline entry: an alert (``watch``, ``condition``, ``score``) or a caption (``text``)."""
+
+    id: int
+    kind: str  # "alert" or "caption"
+    stream: str
+    watch: int | None = None
+    condition: str | None = None
+    time: str  # local ISO 8601 time it started
+    stream_time: float | None = None
+    ended: str | None = None  # when the condition stopped holding (alerts)
+    ended_stream_time: float | None = None
+    score: float | None = None
+    text: str | None = None  # the description, or the caption
+    snapshot: str | None = None  # the JPEG's URL path (GET with the bearer token)
+
+
 # --- messages --------------------------------------------------------------------------------------------
 class Ready(_Part):
     """Authenticated: the streams this token may see."""
@@ -206,8 +247,93 @@ class Unsubscribed(_Part):
     stream: str
 
 
+class Watching(_Part):
+    """The reply to ``watch``: the watch added."""
+
+    type: Literal["watching"] = "watching"
+    id: str | None = None
+    watch: WatchInfo
+
+
+class Unwatched(_Part):
+    """The reply to ``unwatch``."""
+
+    type: Literal["unwatched"] = "unwatched"
+    id: str | None = None
+    watch: int
+    stream: str
+
+
+class WatchList(_Part):
+    """The reply to ``watches``."""
+
+    type: Literal["watches"] = "watches"
+    id: str | None = None
+    watches: tuple[WatchInfo, ...]
+
+
+class WatchStatus(_Part):
+    """Pushed to a stream's subscribers: a watch was added or changed state, or ``state`` "removed"."""
+
+    type: Literal["watch_status"] = "watch_status"
+    stream: str
+    watch: int
+    state: str
+    info: WatchInfo | None = None
+
+
+class Alert(_Part):
+    """Pushed to a stream's subscribers when a watch fires."""
+
+    type: Literal["alert"] = "alert"
+    event: int
+    watch: int | None = None
+    stream: str
+    condition: str | None = None
+    time: str  # local ISO 8601 time of the frame it was seen in
+    stream_time: float | None = None
+    score: float | None = None  # P(yes)
+    snapshot: str | None = None  # the JPEG's URL path
+
+
+class AlertUpdate(_Part):
+    """An alert changed: its one-sentence ``description`` is ready, or its condition ``ended``."""
+
+    type: Literal["alert_update"] = "alert_update"
+    event: int
+    watch: int | None = None
+    stream: str
+    description: str | None = None
+    ended: str | None = None
+    ended_stream_time: float | None = None
+
+
+class EventList(_Part):
+    """The reply to ``events``: newest first."""
+
+    type: Literal["events"] = "events"
+    id: str | None = None
+    events: tuple[TimelineEvent, ...]
+
+
 ServerMessage = (
-    Ready | Token | Answer | Cancelled | Error | StreamList | Status | StreamAdded | StreamRemoved | Unsubscribed
+    Ready
+    | Token
+    | Answer
+    | Cancelled
+    | Error
+    | StreamList
+    | Status
+    | StreamAdded
+    | StreamRemoved
+    | Unsubscribed
+    | Watching
+    | Unwatched
+    | WatchList
+    | WatchStatus
+    | Alert
+    | AlertUpdate
+    | EventList
 )
 _ADAPTER: TypeAdapter[ServerMessage] = TypeAdapter(Annotated[ServerMessage, Field(discriminator="type")])
 #: The ``type`` of every message :data:`ServerMessage` models.

@@ -14,6 +14,12 @@
         async with await client.subscribe("demo") as statuses:
             async for status in statuses:          # survives reconnections
                 print(status.stream, status.state)
+        watch = await client.watch("demo", "the lights are off", every_s=2)   # admin token
+        async with await client.follow("demo") as feed:  # statuses, watch changes, alerts
+            async for msg in feed:
+                if isinstance(msg, Alert):
+                    print(msg.time, msg.condition, msg.snapshot)
+        print(await client.events(stream="demo", since="1h", text="lights"))
 
 :class:`SyncClient` offers the same calls, blocking, for scripts. Results are the server's own message
 models (:mod:`web.server_messages`); errors are :class:`ClientError` values with ``code``, ``message`` and
@@ -35,14 +41,18 @@ from livesight.client.errors import (
     QuestionCancelled,
     ServerError,
     TooLargeError,
+    TooManyWatchesError,
     UnauthorizedError,
     UnavailableError,
     UnknownStreamError,
+    UnknownWatchError,
 )
 from livesight.client.question import Question
-from livesight.client.subscription import Subscription
+from livesight.client.subscription import StreamPush, Subscription
 from livesight.client.sync import SyncClient, SyncQuestion, SyncSubscription
 from web.server_messages import (
+    Alert,
+    AlertUpdate,
     Answer,
     AnswerContext,
     Ready,
@@ -51,11 +61,17 @@ from web.server_messages import (
     StreamInfo,
     StreamRemoved,
     TierInfo,
+    TimelineEvent,
     Timing,
     Token,
+    Unwatched,
+    WatchInfo,
+    WatchStatus,
 )
 
 __all__ = [
+    "Alert",
+    "AlertUpdate",
     "Answer",
     "AnswerContext",
     "BadRequestError",
@@ -77,16 +93,23 @@ __all__ = [
     "Status",
     "StreamAdded",
     "StreamInfo",
+    "StreamPush",
     "StreamRemoved",
     "Subscription",
     "SyncClient",
     "SyncQuestion",
     "SyncSubscription",
     "TierInfo",
+    "TimelineEvent",
     "Timing",
     "Token",
     "TooLargeError",
+    "TooManyWatchesError",
     "UnauthorizedError",
     "UnavailableError",
     "UnknownStreamError",
+    "UnknownWatchError",
+    "Unwatched",
+    "WatchInfo",
+    "WatchStatus",
 ]

@@ -21,25 +21,47 @@ from livesight.client.errors import (
 )
 from livesight.client.link import Link, Reply, Unnamed
 from livesight.client.question import Question
-from livesight.client.subscription import Subscription
+from livesight.client.subscription import StreamPush, Subscription
 from stream.backoff import Backoff
 from web.protocol import (
     AddStream,
     Ask,
     Cancel,
+    Events,
     Message,
     RecallWindow,
     RemoveStream,
     Streams,
     Subscribe,
     Unsubscribe,
+    Unwatch,
+    Watch,
+    Watches,
 )
-from web.server_messages import Ready, ServerMessage, Status, StreamAdded, StreamInfo, StreamList, StreamRemoved
+from web.server_messages import (
+    Alert,
+    AlertUpdate,
+    EventList,
+    Ready,
+    ServerMessage,
+    Status,
+    StreamAdded,
+    StreamInfo,
+    StreamList,
+    StreamRemoved,
+    TimelineEvent,
+    Unwatched,
+    WatchInfo,
+    Watching,
+    WatchList,
+    WatchStatus,
+)
 
 log = logging.getLogger("livesight.client")
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=ServerMessage)
+T = TypeVar("T", bound=StreamPush)
 
 #: Told when the connection drops (``False`` and why) and when it is back (``True``, None).
 ConnectionListener = Callable[[bool, ClientError | None], None]
@@ -79,7 +101,7 @@ class Client:
         self._link: Link | None = None
         self._ready: Ready | None = None
         self._ids = itertools.count(1)
-        self._subscribers: dict[str, list[Subscription]] = {}  # stream -> its subscriptions
+        self._subscribers: dict[str, list[Subscription[Any]]] = {}  # stream -> its subscriptions
         self._last: dict[str, Status] = {}  # the latest status of every stream subscribed to
         self._confirming: dict[str, Unnamed] = {}  # subscribes sent, their first status not yet in
         self._reconnecting: asyncio.Task[None] | None = None
@@ -189,6 +211,77 @@ class Client:
         """Stop and forget stream ``name``; needs the admin token."""
         return await self._request(StreamRemoved, lambda rid: _build(RemoveStream, name=name, id=rid))
 
+    # --- watches and the timeline ------------------------------------------------------------------
+    async def watch(
+        self,
+        stream: str,
+        condition: str,
+        *,
+        every_s: float = 5.0,
+        min_duration_s: float = 0.0,
+        cooldown_s: float = 60.0,
+        threshold: float = 0.6,
+        describe: bool = False,
+        webhook: str | None = None,
+    ) -> WatchInfo:
+        """Watch ``stream`` for ``condition`` (asked as a yes/no question every ``every_s`` seconds of its
+        video); alerts come to :meth:`follow` subscriptions of the stream (and ``webhook``). Admin token.
+        Raises :class:`TooManyWatchesError` at the cap, :class:`BadRequestError` for a bad value."""
+        reply = await self._request(
+            Watching,
+            lambda rid: _build(
+                Watch,
+                id=rid,
+                stream=stream,
+                condition=condition,
+                every_s=every_s,
+                min_duration_s=min_duration_s,
+                cooldown_s=cooldown_s,
+                threshold=threshold,
+                describe=describe,
+                webhook=webhook,
+            ),
+        )
+        return reply.watch
+
+    async def unwatch(self, watch: int) -> Unwatched:
+        """Stop watch ``watch`` (its events stay); admin token. :class:`UnknownWatchError` if there is none."""
+        return await self._request(Unwatched, lambda rid: _build(Unwatch, id=rid, watch=watch))
+
+    async def watches(self, stream: str | None = None) -> tuple[WatchInfo, ...]:
+        """The watches this token may see (of ``stream`` only, when given)."""
+        reply = await self._request(WatchList, lambda rid: _build(Watches, id=rid, stream=stream))
+        return reply.watches
+
+    async def events(
+        self,
+        *,
+        stream: str | None = None,
+        watch: int | None = None,
+        kind: Literal["alert", "caption"] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        text: str | None = None,
+        limit: int = 50,
+    ) -> tuple[TimelineEvent, ...]:
+        """Timeline entries, newest first. ``since``/``until``: ISO 8601 times or durations before now
+        (``"1h"``); ``text``: full-text search over conditions, descriptions and captions."""
+        reply = await self._request(
+            EventList,
+            lambda rid: _build(
+                Events,
+                id=rid,
+                stream=stream,
+                watch=watch,
+                kind=kind,
+                since=since,
+                until=until,
+                text=text,
+                limit=limit,
+            ),
+        )
+        return reply.events
+
     async def _request(self, reply: type[R], make: Callable[[str], Message]) -> R:
         """Send the request ``make(id)`` and wait for its one reply, of type ``reply``."""
         link = self._current()
@@ -198,15 +291,25 @@ class Client:
         return await waiter.future
 
     # --- subscriptions -----------------------------------------------------------------------------
-    async def subscribe(self, *streams: str) -> Subscription:
+    async def subscribe(self, *streams: str) -> Subscription[Status]:
         """Follow ``streams``: the returned :class:`Subscription` yields each one's status now, then on
         every state change, across reconnections. Raises the server's error (an unknown stream is
         :class:`UnknownStreamError`) and then follows none of them."""
-        if not streams:
+        sub: Subscription[Status] = Subscription(tuple(dict.fromkeys(streams)), self._unsubscribe)
+        return await self._follow(sub)
+
+    async def follow(self, *streams: str) -> Subscription[StreamPush]:
+        """Like :meth:`subscribe`, and also each stream's watches' changes (``WatchStatus``) and their alerts
+        (``Alert``, then ``AlertUpdate`` when a description is ready or the condition ended)."""
+        kinds = (Status, WatchStatus, Alert, AlertUpdate)
+        sub: Subscription[StreamPush] = Subscription(tuple(dict.fromkeys(streams)), self._unsubscribe, kinds)
+        return await self._follow(sub)
+
+    async def _follow(self, sub: Subscription[T]) -> Subscription[T]:
+        if not sub.streams:
             raise BadRequestError("subscribe to at least one stream")
         link = self._current()
-        names = tuple(dict.fromkeys(streams))
-        sub = Subscription(names, self._unsubscribe)
+        names = sub.names
         waiters: list[Unnamed] = []
         try:
             for name in names:
@@ -241,7 +344,7 @@ class Client:
         waiter.future.add_done_callback(confirmed)
         return waiter
 
-    def _unsubscribe(self, sub: Subscription) -> None:
+    def _unsubscribe(self, sub: Subscription[Any]) -> None:
         sub._end()
         for name, followers in list(self._subscribers.items()):
             if sub not in followers:
@@ -259,6 +362,10 @@ class Client:
         for sub in self._subscribers.get(status.stream, ()):
             sub.deliver(status)
 
+    def _on_push(self, msg: WatchStatus | Alert | AlertUpdate) -> None:
+        for sub in self._subscribers.get(msg.stream, ()):
+            sub.deliver(msg)
+
     # --- the connection ----------------------------------------------------------------------------
     def _current(self) -> Link:
         if self._ended is not None:
@@ -274,7 +381,12 @@ class Client:
 
     async def _open_link(self) -> Link:
         link = await Link.open(
-            self.url, self._token, timeout=self._timeout, on_status=self._on_status, on_close=self._link_closed
+            self.url,
+            self._token,
+            timeout=self._timeout,
+            on_status=self._on_status,
+            on_push=self._on_push,
+            on_close=self._link_closed,
         )
         self._ready = link.ready
         return link

@@ -56,6 +56,20 @@ class UnknownStreamError(ServerError):
     kind = Kind.NOT_FOUND
 
 
+class UnknownWatchError(ServerError):
+    """No such watch, or one on a stream this token may not see."""
+
+    code = "unknown_watch"
+    kind = Kind.NOT_FOUND
+
+
+class TooManyWatchesError(ServerError):
+    """The stream (or the server) has as many watches as it may: remove one first."""
+
+    code = "too_many_watches"
+    kind = Kind.CONFLICT
+
+
 class NoVideoError(ServerError):
     """The stream has no frame in memory yet: ask again once it is live."""
 

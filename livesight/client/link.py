@@ -5,7 +5,8 @@ Replies that carry an ``id`` (a question's tokens and answer, ``stream_added``, 
 naming the request) go to the request with that id. The protocol's id-less requests (``streams``,
 ``subscribe``) are answered by the server in the order it received them, so they wait in one queue, in the
 order they were sent: a ``streams`` reply, an error without an id and the first ``status`` of a stream just
-subscribed each settle the oldest. Every other ``status`` is a push, handed to ``on_status``.
+subscribed each settle the oldest. Every other ``status`` is a push, handed to ``on_status``; the watch
+pushes (``watch_status``, ``alert``, ``alert_update``) go to ``on_push``.
 
 One reader task routes; one writer task sends. Both end with the connection; everything still waiting then
 fails with the reason (``on_close`` is told it too).
@@ -35,7 +36,7 @@ from livesight.client.errors import (
     TooLargeError,
 )
 from web.protocol import MAX_MESSAGE_BYTES, Auth, Message, request
-from web.server_messages import Error, Ready, ServerMessage, Status, StreamList, parse
+from web.server_messages import Alert, AlertUpdate, Error, Ready, ServerMessage, Status, StreamList, WatchStatus, parse
 
 log = logging.getLogger("livesight.client")
 
@@ -111,10 +112,12 @@ class Link:
         ready: Ready,
         on_status: Callable[[Status], None],
         on_close: Callable[[Link, ClientError], None],
+        on_push: Callable[[WatchStatus | Alert | AlertUpdate], None] | None = None,
     ) -> None:
         self.ready = ready
         self._ws = ws
         self._on_status = on_status
+        self._on_push = on_push
         self._on_close = on_close
         self._by_id: dict[str, Waiter] = {}
         self._unnamed: deque[Unnamed] = deque()
@@ -133,6 +136,7 @@ class Link:
         timeout: float,
         on_status: Callable[[Status], None],
         on_close: Callable[[Link, ClientError], None],
+        on_push: Callable[[WatchStatus | Alert | AlertUpdate], None] | None = None,
     ) -> Link:
         """Connect and authenticate; raises :class:`ConnectionFailed`, or the server's error (a wrong token
         is :class:`UnauthorizedError`)."""
@@ -165,7 +169,7 @@ class Link:
         if not isinstance(msg, Ready):
             await ws.close()
             raise InvalidReply(f"{url} answered the authentication with {msg!r}")
-        return cls(ws, msg, on_status, on_close)
+        return cls(ws, msg, on_status, on_close, on_push)
 
     # --- requests ----------------------------------------------------------------------------------
     def send(self, msg: Message, waiter: Waiter | None = None, rid: str | None = None) -> None:
@@ -233,6 +237,9 @@ class Link:
             if head is not None and head.kind is Status and head.stream == msg.stream and not msg.removed:
                 self._unnamed.popleft().settle(msg)
             self._on_status(msg)
+        elif isinstance(msg, (WatchStatus, Alert, AlertUpdate)):
+            if self._on_push is not None:
+                self._on_push(msg)
         elif isinstance(msg, StreamList) or (isinstance(msg, Error) and msg.id is None):
             if not self._unnamed:
                 log.warning("ignoring an unrequested %s message: %s", msg.type, msg)

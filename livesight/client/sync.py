@@ -6,14 +6,24 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from livesight.client.client import Client
 from livesight.client.question import Question
-from livesight.client.subscription import Subscription
-from web.server_messages import Answer, Status, StreamAdded, StreamInfo, StreamRemoved
+from livesight.client.subscription import StreamPush, Subscription
+from web.server_messages import (
+    Answer,
+    Status,
+    StreamAdded,
+    StreamInfo,
+    StreamRemoved,
+    TimelineEvent,
+    Unwatched,
+    WatchInfo,
+)
 
 T = TypeVar("T")
+S = TypeVar("S", bound=StreamPush)
 
 
 class _Loop:
@@ -67,21 +77,22 @@ class SyncQuestion:
         self._loop.run(_now(self._q.cancel))
 
 
-class SyncSubscription:
-    """Status updates of the streams subscribed to, as a blocking iterator; :meth:`close` stops them."""
+class SyncSubscription(Generic[S]):
+    """Status updates of the streams subscribed to (with :meth:`SyncClient.follow`, their watches' changes
+    and alerts too), as a blocking iterator; :meth:`close` stops them."""
 
-    def __init__(self, sub: Subscription, loop: _Loop) -> None:
+    def __init__(self, sub: Subscription[S], loop: _Loop) -> None:
         self._sub = sub
         self._loop = loop
 
-    def __iter__(self) -> Iterator[Status]:
+    def __iter__(self) -> Iterator[S]:
         while True:
             try:
                 yield self._loop.run(self._sub.__anext__)
             except StopAsyncIteration:
                 return
 
-    def next(self, timeout: float | None = None) -> Status:
+    def next(self, timeout: float | None = None) -> S:
         """The next update (``TimeoutError`` after ``timeout`` seconds; ``StopIteration`` at the end)."""
         try:
             return self._loop.run(self._sub.__anext__, timeout)
@@ -91,7 +102,7 @@ class SyncSubscription:
     def close(self) -> None:
         self._loop.run(self._sub.close)
 
-    def __enter__(self) -> SyncSubscription:
+    def __enter__(self) -> SyncSubscription[S]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,8 +165,25 @@ class SyncClient:
     def remove_stream(self, name: str) -> StreamRemoved:
         return self._loop.run(lambda: self._client.remove_stream(name))
 
-    def subscribe(self, *streams: str) -> SyncSubscription:
+    def subscribe(self, *streams: str) -> SyncSubscription[Status]:
         return SyncSubscription(self._loop.run(lambda: self._client.subscribe(*streams)), self._loop)
+
+    def follow(self, *streams: str) -> SyncSubscription[StreamPush]:
+        return SyncSubscription(self._loop.run(lambda: self._client.follow(*streams)), self._loop)
+
+    def watch(self, stream: str, condition: str, **options: Any) -> WatchInfo:
+        """See :meth:`Client.watch` (the same keyword options)."""
+        return self._loop.run(lambda: self._client.watch(stream, condition, **options))
+
+    def unwatch(self, watch: int) -> Unwatched:
+        return self._loop.run(lambda: self._client.unwatch(watch))
+
+    def watches(self, stream: str | None = None) -> tuple[WatchInfo, ...]:
+        return self._loop.run(lambda: self._client.watches(stream))
+
+    def events(self, **query: Any) -> tuple[TimelineEvent, ...]:
+        """See :meth:`Client.events` (the same keyword options)."""
+        return self._loop.run(lambda: self._client.events(**query))
 
     @property
     def connected(self) -> bool:

@@ -16,7 +16,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from engine.engine import Engine, EngineSettings, SourceFactory
 from engine.events import StreamInfo
+from engine.watches import WatchSpec
 from models.adapter import ModelAdapter
+from store.events import EventStore
 from stream.factory import make_source
 from stream.policy import SourcePolicy
 from stream.spec import parse_source
@@ -60,9 +62,12 @@ async def running_server(
     port: int = 0,
     metrics_public: bool = False,
     token: str = TOKEN,
+    events: EventStore | None = None,
+    watches: Sequence[WatchSpec] = (),
 ) -> AsyncIterator[Server]:
     """A real App + Engine listening on loopback ``port`` (0: a free one), torn down afterwards; ``token``
-    is the admin token."""
+    is the admin token; ``events`` keeps the timeline, ``watches`` start with the engine (as the
+    configuration file's do)."""
     app = App(
         Authenticator(token, viewers),
         adapter.model_id,
@@ -74,9 +79,9 @@ async def running_server(
         metrics_public=metrics_public,
     )
     await app.listen("127.0.0.1", port)
-    engine = Engine(adapter, settings, make or source_factory(lossless=lossless), observer=app.metrics)
+    engine = Engine(adapter, settings, make or source_factory(lossless=lossless), observer=app.metrics, events=events)
     try:
-        await engine.start([parse_source(s) for s in sources])
+        await engine.start([parse_source(s) for s in sources], watches)
         app.engine = engine
         yield Server(app, engine, app.port())
     finally:
