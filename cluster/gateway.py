@@ -269,11 +269,15 @@ class Gateway:
         except ShardUnavailable:
             pass  # its recovery opens it with the streams of the map, this one included
         except LivesightError as exc:
-            log.warning("stream %s: shard %d refused it: %s", spec.name, link.index, exc.message)
-            if self._placement.shard_of(spec.name) == link.index:
-                info = dataclasses.replace(self._info(spec.name), state="offline", error=exc.message)
-                self._infos[spec.name] = info
-                self.subscriptions.publish(StreamStatus(spec.name, info))
+            self._offline(link, spec.name, exc.message)
+
+    def _offline(self, link: _Link, name: str, why: str) -> None:
+        """A stream its shard could not start: listed ``offline`` with the reason, until it is removed."""
+        log.warning("stream %s: shard %d cannot start it: %s", name, link.index, why)
+        if self._placement.shard_of(name) == link.index:
+            info = dataclasses.replace(self._info(name), state="offline", error=why)
+            self._infos[name] = info
+            self.subscriptions.publish(StreamStatus(name, info))
 
     async def remove_stream(self, name: str) -> None:
         shard = self._placement.remove(name)
@@ -423,7 +427,9 @@ class Gateway:
         while True:
             wanted = [self._specs[name] for name in self._placement.on(link.index)]
             hello: Hello = await self._call(link, link.actor.open.remote(wanted), translate=False)
-            missing = set(self._placement.on(link.index)) - set(hello.streams)
+            for name, why in hello.refused:
+                self._offline(link, name, why)
+            missing = set(self._placement.on(link.index)) - set(hello.streams) - {name for name, _ in hello.refused}
             if not missing:
                 return hello
 
@@ -467,6 +473,8 @@ class Gateway:
         )
         for name in names:
             self._reconnecting(name)
+        # The restarted shard will not report removals the old one had not reported yet.
+        self._leaving = {(shard, name) for shard, name in self._leaving if shard != link.index}
         # Answers under way there end on their own: their streams fail like this one (ShardUnavailable).
 
     def _reconnecting(self, name: str) -> None:

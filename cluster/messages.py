@@ -51,4 +51,5 @@ class Hello:
     model_id: str
     tokens_per_frame: int
     budget: int
-    streams: tuple[str, ...]
+    streams: tuple[str, ...]  # the streams it runs
+    refused: tuple[tuple[str, str], ...] = ()  # streams it was given and could not start: (name, why)

@@ -86,9 +86,14 @@ class Shard:
                 self._engine = engine
                 self._model = (adapter.model_id, adapter.tokens_per_frame)
             engine = self._engine
+            refused: list[tuple[str, str]] = []
             for spec in specs:
                 if spec.name not in engine.stream_names():
-                    self._add(engine, spec)
+                    try:
+                        self._add(engine, spec)
+                    except LivesightError as exc:  # this stream only: the others start
+                        log.warning("stream %s: cannot start on shard %d: %s", spec.name, self.index, exc.message)
+                        refused.append((spec.name, exc.message))
         return Hello(
             shard=self.index,
             pid=os.getpid(),
@@ -97,6 +102,7 @@ class Shard:
             tokens_per_frame=self._model[1],
             budget=engine.budget,
             streams=tuple(engine.stream_names()),
+            refused=tuple(refused),
         )
 
     async def shutdown(self) -> None:

@@ -31,7 +31,7 @@ from livesight.config import load_serve_config
 from store.archive import Archive
 from stream.frame import Frame
 from stream.source import SourceState
-from stream.spec import parse_source
+from stream.spec import SourceSpec, parse_source
 from tests.test_archive import clip, wait_written
 
 
@@ -173,8 +173,10 @@ def by_name(report: Report) -> dict[str, StreamInfo]:
 async def test_a_shard_opens_reports_answers_and_refuses_with_typed_events(tmp_path: Path) -> None:
     shard = Shard(0, recipe(tmp_path), report_s=0.1)
     try:
-        hello = await shard.open([parse_source("a=demo"), parse_source("b=demo")])
+        odd = SourceSpec("odd", "nothing-reads-this", "nowhere")  # one stream that cannot start
+        hello = await shard.open([parse_source("a=demo"), odd, parse_source("b=demo")])
         assert hello.streams == ("a", "b") and hello.model_id and hello.budget > 0
+        assert [name for name, _ in hello.refused] == ["odd"] and "no source for kind" in hello.refused[0][1]
         again = await shard.open([parse_source("a=demo")])  # idempotent: running streams are kept
         assert again.streams == ("a", "b")
         reports = shard.reports()
