@@ -172,9 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray",
         metavar="ADDRESS",
         help="run the engine as shards on Ray (pip install 'livesight[ray]'), this process serving the API and "
-        "routing each stream to its shard: local (start Ray on this machine, loopback only), auto (join the "
-        "cluster `ray start` runs here), or a cluster's address (HOST:PORT or ray://HOST:PORT). Default: one "
-        "process, no Ray",
+        "routing each stream to its shard: local (start Ray on this machine), auto (join the cluster this machine is "
+        "part of, after `ray start`), or that cluster's head address HOST:PORT. Default: one process, no Ray",
     )
     s.add_argument(
         "--shards",

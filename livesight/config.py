@@ -61,9 +61,9 @@ class ServeConfig(BaseModel):
     ray: str | None = Field(
         None,
         min_length=1,
-        description="run the engine as shards on Ray: local (a new one-machine Ray instance on loopback), auto "
-        "(the cluster `ray start` made on this machine), or a cluster address (host:port, ray://host:port); "
-        "None: one process, no Ray",
+        description="run the engine as shards on Ray: local (a new Ray instance on this machine), auto (the "
+        "cluster this machine joined with `ray start`), or that cluster's head address host:port; None: one "
+        "process, no Ray",
     )
     shards: int | None = Field(
         None, ge=1, le=1024, description="engine shards with --ray; None: one per GPU of the cluster, else 1"
