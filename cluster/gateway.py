@@ -35,6 +35,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from datetime import datetime, timezone, tzinfo
 from typing import Any, TypeVar
 
+# Read when Ray is imported: without it Ray's core catches SIGTERM in this process (a normal stop, on which
+# serve shuts down cleanly) as a crash, logs a stack trace and may abort before serve has closed anything.
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+
 import ray
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 

@@ -234,6 +234,21 @@ async def test_a_killed_shard_comes_back_with_its_streams_and_no_client_drops(
             assert refused["type"] == "error" and refused["code"] == "bad_request" and not refused["retryable"]
             assert "not available with --ray" in refused["message"], refused
 
+        # Streams added and removed at run time over the websocket go to the least loaded shard.
+        loads = [sum(1 for n in STREAMS if gateway.shard_of(n) == i) for i in (0, 1)]
+        mark = len(c.seen)
+        await c.send({"type": "add_stream", "id": "a1", "name": "extra", "url": "demo"})
+        added = await c.wait(lambda m: m.get("id") == "a1", 10, since=mark)
+        assert added["type"] == "stream_added", added
+        assert gateway.shard_of("extra") == loads.index(min(loads))
+        await c.send({"type": "subscribe", "stream": "extra"})
+        await c.wait(status_of("extra", "live"), 60, since=mark)
+        await c.send({"type": "remove_stream", "id": "r1", "name": "extra"})
+        removed = await c.wait(lambda m: m.get("id") == "r1", 20, since=mark)
+        assert removed["type"] == "stream_removed", removed
+        await c.wait(status_of("extra", "removed"), 10, since=mark)
+        assert "extra" not in gateway.stream_names()
+
         # A WHIP publisher: its WebRTC connection ends at the gateway, its frames reach a shard's memory.
         loads = [sum(1 for n in STREAMS if gateway.shard_of(n) == i) for i in (0, 1)]
         publisher = await publish(app.port(), "pub")
