@@ -125,7 +125,6 @@ class Gateway:
         shards: int,
         *,
         observer: EngineObserver | None = None,
-        clock: Callable[[], float] = time.time,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.recipe = recipe
@@ -135,7 +134,6 @@ class Gateway:
         #: seconds from each shard's loss to all its streams live again (newest last; for logs and benchmarks)
         self.restart_times: list[float] = []
         self._make_actor = make_actor
-        self._clock = clock
         self._on_close = on_close
         self._links = [_Link(i, make_actor(i)) for i in range(shards)]
         self._placement = Placement(shards, recipe.settings.max_streams)
@@ -157,6 +155,7 @@ class Gateway:
         for link, hello in zip(self._links, hellos, strict=True):
             self._opened(link, hello)
             link.watcher = asyncio.create_task(self._watch(link), name=f"shard-watch:{link.index}")
+            link.watcher.add_done_callback(_log_failure)
 
     def describe(self) -> str:
         first = next((link.hello for link in self._links if link.hello is not None), None)
@@ -582,8 +581,13 @@ class Gateway:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed", task.get_name(), exc_info=task.exception())
+        _log_failure(task)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """A task of the gateway ended with a bug: said in the log, never lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
 def _cause(exc: RayTaskError) -> LivesightError:

@@ -126,6 +126,10 @@ def status_of(stream: str, state: str) -> Callable[[dict[str, Any]], bool]:
     return lambda m: m["type"] == "status" and m["stream"] == stream and m["state"] == state
 
 
+def reply_to(rid: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m.get("id") == rid
+
+
 def final(qid: str) -> Callable[[dict[str, Any]], bool]:
     return lambda m: m.get("id") == qid and m["type"] in ("answer", "error", "cancelled")
 
@@ -230,7 +234,7 @@ async def test_a_killed_shard_comes_back_with_its_streams_and_no_client_drops(
         await c.send({"type": "watch", "id": "w1", "stream": "cam0", "condition": "Is the light on?"})
         await c.send({"type": "events", "id": "e1"})
         for rid in ("w1", "e1"):
-            refused = await c.wait(lambda m, rid=rid: m.get("id") == rid, 10, since=mark)
+            refused = await c.wait(reply_to(rid), 10, since=mark)
             assert refused["type"] == "error" and refused["code"] == "bad_request" and not refused["retryable"]
             assert "not available with --ray" in refused["message"], refused
 
@@ -238,13 +242,13 @@ async def test_a_killed_shard_comes_back_with_its_streams_and_no_client_drops(
         loads = [sum(1 for n in STREAMS if gateway.shard_of(n) == i) for i in (0, 1)]
         mark = len(c.seen)
         await c.send({"type": "add_stream", "id": "a1", "name": "extra", "url": "demo"})
-        added = await c.wait(lambda m: m.get("id") == "a1", 10, since=mark)
+        added = await c.wait(reply_to("a1"), 10, since=mark)
         assert added["type"] == "stream_added", added
         assert gateway.shard_of("extra") == loads.index(min(loads))
         await c.send({"type": "subscribe", "stream": "extra"})
         await c.wait(status_of("extra", "live"), 60, since=mark)
         await c.send({"type": "remove_stream", "id": "r1", "name": "extra"})
-        removed = await c.wait(lambda m: m.get("id") == "r1", 20, since=mark)
+        removed = await c.wait(reply_to("r1"), 20, since=mark)
         assert removed["type"] == "stream_removed", removed
         await c.wait(status_of("extra", "removed"), 10, since=mark)
         assert "extra" not in gateway.stream_names()
