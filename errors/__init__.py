@@ -26,7 +26,10 @@ class Kind(enum.Enum):
 
 
 class LivesightError(Exception):
-    """Base of every error livesight raises on purpose."""
+    """Base of every error livesight raises on purpose.
+
+    Errors pickle with their message, ``retryable`` and any other attribute (an exception's ``__dict__``
+    travels with it), so they cross process boundaries as themselves (``serve --ray``: shard to gateway)."""
 
     kind: ClassVar[Kind] = Kind.INTERNAL
     default_retryable: ClassVar[bool] = False
@@ -82,6 +85,14 @@ class NoVideo(LivesightError):
 
 class ShuttingDown(LivesightError):
     """The server is stopping; the same request can succeed against it (or another) once it is back."""
+
+    kind = Kind.UNAVAILABLE
+    default_retryable = True
+
+
+class ShardUnavailable(LivesightError):
+    """The part of a distributed server that holds a stream (a shard, ``serve --ray``) stopped or is
+    restarting: what it was doing is lost, and the same request succeeds once the stream is back (seconds)."""
 
     kind = Kind.UNAVAILABLE
     default_retryable = True

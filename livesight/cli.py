@@ -168,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="read files and the demo as fast as the model ingests instead of at real time (lossless: no frame "
         "is dropped)",
     )
+    s.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the engine as shards on Ray (pip install 'livesight[ray]'), this process serving the API and "
+        "routing each stream to its shard: local (start Ray on this machine), auto (join the cluster this machine is "
+        "part of, after `ray start`), or that cluster's head address HOST:PORT. Default: one process, no Ray",
+    )
+    s.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="engine shards with --ray, each a Ray actor with its own model holding one GPU (or one CPU when the "
+        "cluster has no GPU) and a share of the streams (default: one per GPU in the cluster, else 1)",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     a = sub.add_parser(
@@ -324,6 +338,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "timezone": args.timezone,
         "recall_tokens": args.recall_tokens,
         "metrics_public": args.metrics_public,
+        "ray": args.ray,
+        "shards": args.shards,
         "webhooks": list(args.webhook or []),
     }
     sources: list[object] = []

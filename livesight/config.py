@@ -58,6 +58,16 @@ class ServeConfig(BaseModel):
         default_factory=list, description="camera hosts and networks add_stream may connect to"
     )
     metrics_public: bool = Field(False, description="serve /metrics without a token")
+    ray: str | None = Field(
+        None,
+        min_length=1,
+        description="run the engine as shards on Ray: local (a new Ray instance on this machine), auto (the "
+        "cluster this machine joined with `ray start`), or that cluster's head address host:port; None: one "
+        "process, no Ray",
+    )
+    shards: int | None = Field(
+        None, ge=1, le=1024, description="engine shards with --ray; None: one per GPU of the cluster, else 1"
+    )
     webhooks: list[str] = Field(default_factory=list, description="URLs every alert is POSTed to (JSON)")
     watches: list[WatchSpec] = Field(default_factory=list, description="watches from the configuration file")
     captions: dict[str, float] = Field(default_factory=dict, description="seconds between captions, per stream")
@@ -99,6 +109,14 @@ class ServeConfig(BaseModel):
         if self.timezone is not None:
             return ZoneInfo(self.timezone)
         return datetime.now().astimezone().tzinfo or timezone.utc
+
+    @model_validator(mode="after")
+    def _shards_need_ray(self) -> ServeConfig:
+        if self.shards is not None and self.ray is None:
+            raise ValueError("--shards needs --ray")
+        if self.ray is not None and (self.watches or self.captions or self.webhooks):
+            raise ValueError("watches, captions and webhooks are not available with --ray yet")
+        return self
 
     @model_validator(mode="after")
     def _admin_token_is_not_a_viewers(self) -> ServeConfig:

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import sqlite3
 from pathlib import Path
 
+from engine.api import EngineAPI
+from engine.build import EngineRecipe, build_engine, load_adapter, open_archive
 from engine.engine import Engine, EngineSettings
 from errors import ConfigError, LivesightError
 from livesight.config import ServeConfig
-from models.adapter import ModelAdapter
-from models.loader import choose_placement, load_model
 from store.archive import Archive
 from store.events import EventStore
-from stream.factory import make_source
 from stream.policy import SourcePolicy
 from web.auth import Authenticator
 from web.server import WS_PATH, App, HostCheck, Limits
@@ -49,54 +47,70 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
         raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
     base = f"{cfg.host}:{app.port()}"
     log.info("listening on http://%s (websocket ws://%s%s)", base, base, WS_PATH)
-    engine: Engine | None = None
+    engine: EngineAPI | None = None
     archive: Archive | None = None
     events: EventStore | None = None
     webhooks: Webhooks | None = None
     try:
-        placement = choose_placement(cfg.device, load_4bit=cfg.load_4bit)
-        log.info("loading model %s on %s", cfg.model, placement.describe())
-        try:
-            adapter = await asyncio.to_thread(load_model, cfg.model, placement)
-        except LivesightError as exc:
-            app.failure = exc.message
-            raise
         zone = cfg.zone()
-        adapter.timezone = zone  # live streams' time labels read in the server's time zone
-        settings = EngineSettings(
-            fps=cfg.fps,
-            budget=cfg.budget,
-            max_queue=cfg.max_queue,
-            max_streams=cfg.max_streams,
-            max_active=cfg.max_active,
-            ended_ttl_s=cfg.ended_ttl_s,
-            timezone=zone,
-            recall_tokens=cfg.recall_tokens,
-            captions=tuple(cfg.captions.items()),
+        recipe = EngineRecipe(
+            model=cfg.model,
+            settings=EngineSettings(
+                fps=cfg.fps,
+                budget=cfg.budget,
+                max_queue=cfg.max_queue,
+                max_streams=cfg.max_streams,
+                max_active=cfg.max_active,
+                ended_ttl_s=cfg.ended_ttl_s,
+                timezone=zone,
+                recall_tokens=cfg.recall_tokens,
+                captions=tuple(cfg.captions.items()),
+            ),
+            device=cfg.device,
+            load_4bit=cfg.load_4bit,
+            lossless=cfg.lossless,
+            data_dir=cfg.data_dir,
+            retain_s=cfg.retain_s,
+            retain_bytes=None if cfg.retain_bytes is None else int(cfg.retain_bytes),
         )
-        archive = await _open_archive(cfg, adapter)
-        if archive is not None:
-            events = await _open_events(cfg)
-        engine = Engine(
-            adapter,
-            settings,
-            functools.partial(make_source, lossless=cfg.lossless),
-            archive=archive,
-            observer=app.metrics,
-            events=events,
-        )
-        webhooks = _start_webhooks(cfg, engine)
-        app.metrics.webhooks = webhooks
-        await engine.start(cfg.sources, cfg.watches)
-        _warn_unknown_streams(cfg, engine)
-        app.engine = engine
-        log.info(
-            "ready: model %s, %d visual tokens per frame, budget %d tokens per stream, streams: %s",
-            adapter.model_id,
-            adapter.tokens_per_frame,
-            engine.budget,
-            ", ".join(engine.stream_names()),
-        )
+        if cfg.ray is not None:
+            # Imported here: the single-process server never imports Ray (an optional extra).
+            from cluster.gateway import open_gateway
+
+            try:
+                gateway = await open_gateway(
+                    recipe, cfg.sources, address=cfg.ray, shards=cfg.shards, observer=app.metrics
+                )
+            except LivesightError as exc:
+                app.failure = exc.message
+                raise
+            engine = gateway
+            app.engine = gateway
+            log.info("ready: %s", gateway.describe())
+        else:
+            try:
+                adapter = await load_adapter(recipe)
+            except LivesightError as exc:
+                app.failure = exc.message
+                raise
+            archive = await open_archive(recipe, adapter)
+            if archive is not None:
+                log.info("archive: %s (retention %s)", archive.path, _retention(cfg))
+                events = await _open_events(cfg)
+            single = build_engine(recipe, adapter, archive, observer=app.metrics, events=events)
+            engine = single
+            webhooks = _start_webhooks(cfg, single)
+            app.metrics.webhooks = webhooks
+            await single.start(cfg.sources, cfg.watches)
+            _warn_unknown_streams(cfg, single)
+            app.engine = single
+            log.info(
+                "ready: model %s, %d visual tokens per frame, budget %d tokens per stream, streams: %s",
+                adapter.model_id,
+                adapter.tokens_per_frame,
+                single.budget,
+                ", ".join(single.stream_names()),
+            )
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -115,26 +129,6 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
                 await asyncio.to_thread(events.close)  # what is queued is written before we go
             if archive is not None:
                 await asyncio.to_thread(archive.close)
-
-
-async def _open_archive(cfg: ServeConfig, adapter: ModelAdapter) -> Archive | None:
-    """The archive under ``--data`` (None with ``--no-archive``), tagged with the model that fills it."""
-    if cfg.data_dir is None:
-        return None
-    hidden = getattr(adapter, "model", None)
-    width = getattr(getattr(getattr(hidden, "config", None), "text_config", None), "hidden_size", "?")
-    archive = Archive(
-        Path(cfg.data_dir),
-        model=f"{adapter.model_id}|{adapter.tokens_per_frame}|{width}",
-        retain_s=cfg.retain_s,
-        retain_bytes=None if cfg.retain_bytes is None else int(cfg.retain_bytes),
-    )
-    try:
-        await asyncio.to_thread(archive.start)
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigError(f"cannot open the archive in {cfg.data_dir!r}: {exc}") from exc
-    log.info("archive: %s (retention %s)", archive.path, _retention(cfg))
-    return archive
 
 
 async def _open_events(cfg: ServeConfig) -> EventStore:

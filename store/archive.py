@@ -209,6 +209,24 @@ class Archive:
     def put_turn(self, stream: str, session: str, question: str, answer: str) -> bool:
         return self._put("turn", (stream, session, question, answer, self._clock()), stream)
 
+    def adopt(self, stream: str) -> None:
+        """Count ``stream``'s clips afresh (writer thread, in turn): another process sharing the file (a
+        shard of ``serve --ray``) may have written them until now. Never blocks; skipped when the queue is
+        full (the next write of the stream counts it anyway)."""
+        self._put("adopt", (stream,), stream)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued before this call is written (blocking; off the event loop). False
+        if that took longer than ``timeout`` seconds or the writer is not running."""
+        if self._thread is None:
+            return False
+        done = threading.Event()
+        try:
+            self._queue.put(("flush", (done,)), timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
     def _put(self, kind: str, item: tuple[object, ...], stream: str) -> bool:
         try:
             self._queue.put_nowait((kind, item))
@@ -223,7 +241,13 @@ class Archive:
         conn = self._open_writer()  # SQLite connections belong to the thread that opened them
         try:
             while (item := self._queue.get()) is not None:
-                self._write(conn, *item)
+                kind, args = item
+                if kind == "flush":
+                    args[0].set()  # type: ignore[attr-defined]
+                elif kind == "adopt":
+                    self._adopt(conn, str(args[0]))
+                else:
+                    self._write(conn, kind, args)
         finally:
             conn.close()
 
@@ -258,6 +282,14 @@ class Archive:
         for name in {stream} | set(self._bytes):  # retention may have trimmed any stream
             self._summaries[name] = self._summary_row(conn, name)
         conn.execute("PRAGMA incremental_vacuum")  # give freed pages back to the file system
+
+    def _adopt(self, conn: sqlite3.Connection, stream: str) -> None:
+        try:
+            (size,) = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM clips WHERE stream = ?", (stream,)).fetchone()
+            self._bytes[stream] = int(size)
+            self._summaries[stream] = self._summary_row(conn, stream)
+        except sqlite3.Error as exc:  # counted again at the stream's next write
+            log.warning("stream %s: could not count its archived clips: %s", stream, exc)
 
     def _insert_clip(
         self, conn: sqlite3.Connection, stream: str, seg: Segment, keys: torch.Tensor | None, at: float

@@ -93,3 +93,18 @@ def test_watch_bench_runs_quick_and_its_alerts_are_right() -> None:
     assert report["latency"]["websocket_latency_s"]["max"] < 5 and report["latency"]["webhook_latency_s"]
     assert report["cost"]["evaluation_ms"] > 0
     assert [r["streams"] for r in report["throughput"]] == [1, 2]
+
+
+def test_shard_restart_bench_runs_and_times_every_step() -> None:
+    """bench/shard_restart.py on a real local Ray cluster: one kill of one shard of two."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "shard_restart.py"), "--json", "--kills", "1", "--streams", "2"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    (run,) = report["runs"]
+    assert 0 < run["detect_s"] <= run["reopen_s"] <= run["live_s"] == report["live_s_median"]
+    assert run["restored"] > 0  # the memory came back from the archive

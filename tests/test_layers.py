@@ -18,8 +18,9 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"errors", "memory"},
     "store": {"errors", "memory"},
     "engine": {"errors", "memory", "stream", "models", "store"},
+    "cluster": {"errors", "memory", "stream", "models", "engine", "store"},
     "web": {"errors", "memory", "stream", "models", "engine", "store"},
-    "livesight": {"errors", "memory", "stream", "models", "engine", "web", "store"},
+    "livesight": {"errors", "memory", "stream", "models", "engine", "cluster", "web", "store"},
 }
 
 

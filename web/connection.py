@@ -26,7 +26,8 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from engine.engine import Engine, Question
+from engine.api import EngineAPI
+from engine.engine import Question
 from engine.events import FINAL, QuestionEvent, StreamEvent
 from engine.recall import AUTO, OFF, RecallRequest
 from engine.watches import WatchSpec
@@ -69,7 +70,7 @@ class ClientConnection:
     def __init__(
         self,
         ws: ServerConnection,
-        engine: Engine,
+        engine: EngineAPI,
         auth: Authenticator,
         *,
         policy: SourcePolicy | None = None,

@@ -23,7 +23,7 @@ from web.plain_http import HttpResponse
 from web.protocol import Events, events_filter, parse_since
 
 if TYPE_CHECKING:
-    from engine.engine import Engine
+    from engine.api import EngineAPI
 
 log = logging.getLogger("livesight.web")
 
@@ -67,7 +67,7 @@ def is_events_path(path: str) -> bool:
 class EventsEndpoint:
     """``GET /v1/events`` and ``GET /v1/events/<id>/snapshot.jpg`` (see the module doc)."""
 
-    def __init__(self, auth: Authenticator, engine: Callable[[], Engine | None], clock: Callable[[], float]) -> None:
+    def __init__(self, auth: Authenticator, engine: Callable[[], EngineAPI | None], clock: Callable[[], float]) -> None:
         self._auth = auth
         self._engine = engine
         self._clock = clock

@@ -29,7 +29,7 @@ from stream.source import SourceState
 from web.protocol import ERROR_CODES, error_code
 
 if TYPE_CHECKING:
-    from engine.engine import Engine
+    from engine.api import EngineAPI
     from web.webhooks import Webhooks
 
 METRICS_PATH = "/metrics"
@@ -89,7 +89,7 @@ class Metrics:
     def __init__(self, model_id: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.model_id = model_id
         self.registry = CollectorRegistry()
-        self._engine: Callable[[], Engine | None] = lambda: None
+        self._engine: Callable[[], EngineAPI | None] = lambda: None
         self._connections: Callable[[], int] = lambda: 0
         self._auth_failures: Callable[[], int] = lambda: 0
         r = self.registry
@@ -148,7 +148,7 @@ class Metrics:
         ProcessCollector(registry=r)
 
     def bind(
-        self, engine: Callable[[], Engine | None], connections: Callable[[], int], failures: Callable[[], int]
+        self, engine: Callable[[], EngineAPI | None], connections: Callable[[], int], failures: Callable[[], int]
     ) -> None:
         """Where scrapes read the engine (None while it starts), websocket connections and auth failures."""
         self._engine, self._connections, self._auth_failures = engine, connections, failures
@@ -260,7 +260,7 @@ class _Live:
         yield from _streams(engine)
 
 
-def _streams(engine: Engine) -> Iterable[Metric]:
+def _streams(engine: EngineAPI) -> Iterable[Metric]:
     s = ["stream"]
     frames = CounterMetricFamily("livesight_stream_frames", "Frames that reached memory", labels=s)
     dropped = CounterMetricFamily(

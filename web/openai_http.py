@@ -20,7 +20,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Any
 
-from engine.engine import Engine, Question
+from engine.api import EngineAPI
+from engine.engine import Question
 from engine.events import Answered, Cancelled, Failed, QuestionEvent, Token
 from errors import LivesightError, ShuttingDown, Unauthorized
 from web import openai_api as api
@@ -73,7 +74,7 @@ class OpenAIEndpoint:
     def __init__(
         self,
         auth: Authenticator,
-        engine: Callable[[], Engine | None],
+        engine: Callable[[], EngineAPI | None],
         slots: Slots,
         *,
         clock: Callable[[], float] = time.time,
@@ -170,7 +171,7 @@ class OpenAIEndpoint:
         except Unauthorized as exc:
             raise api.api_error(exc) from None
 
-    def _ready(self) -> Engine:
+    def _ready(self) -> EngineAPI:
         engine = self._engine()
         if engine is None:
             raise api.api_error(ShuttingDown("the server is starting; try again soon"))
@@ -183,7 +184,7 @@ class Answer:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineAPI,
         q: Question,
         inbox: Inbox,
         chat: api.ChatRequest,

@@ -32,7 +32,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from engine.engine import Engine
+from engine.api import EngineAPI
 from errors import Unauthorized
 from stream.policy import SourcePolicy
 from web import openai_api
@@ -119,7 +119,7 @@ class App:
         self.hosts = hosts or HostCheck()
         self.limits = limits or Limits()
         self.policy = policy or SourcePolicy()
-        self.engine: Engine | None = None
+        self.engine: EngineAPI | None = None
         self.failure: str | None = None
         self.metrics_public = metrics_public
         self._server: Server | None = None

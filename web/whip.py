@@ -17,7 +17,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from engine.engine import Engine
+from engine.api import EngineAPI
 from errors import BadRequest, Busy, ConfigError, Conflict, ShuttingDown, Unauthorized, UnknownStream
 from stream.source import SourceState
 from stream.spec import SourceSpec, check_name
@@ -37,7 +37,7 @@ _GET_ONLY = ("/", "/index.html", "/healthz", "/v1/ws", "/metrics", "/v1/models")
 class WhipEndpoint:
     """Answers every non-GET request on the server's port (see :mod:`web.plain_http`)."""
 
-    def __init__(self, auth: Authenticator, engine: Callable[[], Engine | None], hosts: HostCheck) -> None:
+    def __init__(self, auth: Authenticator, engine: Callable[[], EngineAPI | None], hosts: HostCheck) -> None:
         self._auth = auth
         self._engine = engine
         self._hosts = hosts
@@ -98,7 +98,7 @@ class WhipEndpoint:
             HTTPStatus.CREATED, answer.encode(), [("Content-Type", "application/sdp"), ("Location", location)]
         )
 
-    async def _free_name(self, engine: Engine, name: str) -> None:
+    async def _free_name(self, engine: EngineAPI, name: str) -> None:
         existing = engine.source(name)
         if existing is None:
             return
@@ -123,7 +123,7 @@ class WhipEndpoint:
         log.info("whip: %s stopped publishing", name)
         return HttpResponse(HTTPStatus.OK)
 
-    def _authorize(self, req: HttpRequest) -> Engine:
+    def _authorize(self, req: HttpRequest) -> EngineAPI:
         """The engine, for an admin's request (publishing adds a stream); 401, 403 or 503 otherwise."""
         scheme, _, token = req.headers.get("Authorization", "").partition(" ")
         challenge = [("WWW-Authenticate", 'Bearer realm="livesight"')]

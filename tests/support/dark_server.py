@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-import livesight.serve as serve_module
+import engine.build as build_module
 from livesight.cli import main
 from models.adapter import ModelAdapter
 from models.families.smolvlm import SmolVLMAdapter
@@ -20,5 +20,5 @@ def _load(model_id: str, placement: Placement, *, seed: int = 0) -> ModelAdapter
 
 
 if __name__ == "__main__":
-    serve_module.load_model = _load
+    build_module.load_model = _load  # where serve loads its model (engine/build.py)
     sys.exit(main(["serve", *sys.argv[1:]]))
