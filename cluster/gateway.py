@@ -72,6 +72,7 @@ from errors import (
     UnknownStream,
 )
 from store.events import EventQuery
+from stream.frame import Frame
 from stream.source import Source
 from stream.spec import SourceSpec
 
@@ -227,6 +228,20 @@ class Gateway:
 
     def source(self, name: str) -> Source | None:
         return self._local.get(name)
+
+    async def latest_frame(self, name: str) -> Frame | None:
+        """The newest frame of ``name``, from its shard (None while the shard is down: no picture yet).
+        Raises :class:`UnknownStream`."""
+        shard = self._placement.shard_of(name)
+        if shard is None:
+            raise UnknownStream(f"no stream named {name!r}; streams: {', '.join(self.stream_names()) or 'none'}")
+        link = self._links[shard]
+        if not link.up.is_set():
+            return None
+        try:
+            return await self._call(link, link.actor.latest_frame.remote(name))
+        except ShardUnavailable:
+            return None
 
     def shard_of(self, name: str) -> int | None:
         """The index of the shard holding stream ``name``."""

@@ -144,6 +144,10 @@ class Shard:
             return relay
         return make_source(spec, fps, lossless=self._recipe.lossless)
 
+    async def latest_frame(self, name: str) -> Frame | None:
+        """The newest frame of ``name`` here (the gateway's stream pictures). Raises :class:`UnknownStream`."""
+        return await self._ready().latest_frame(name)
+
     async def push(self, name: str, frame: Frame) -> None:
         """A frame of a relayed stream (see :mod:`cluster.relay`). Raises :class:`UnknownStream`."""
         relay = self._relays.get(name)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from engine.events import StatusListener, StreamInfo, TimelineEvent, WatchInfo
 from engine.watches import WatchSpec
 from store.events import EventQuery
+from stream.frame import Frame
 from stream.source import Source
 from stream.spec import SourceSpec
 
@@ -41,6 +42,11 @@ class EngineAPI(Protocol):
 
     def stream_info(self, name: str) -> StreamInfo:
         """Raises :class:`~errors.UnknownStream`."""
+        ...
+
+    async def latest_frame(self, name: str) -> Frame | None:
+        """The newest frame stream ``name``'s source delivered (None: none yet; the stream's picture).
+        Raises :class:`~errors.UnknownStream`."""
         ...
 
     def source(self, name: str) -> Source | None:

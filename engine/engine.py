@@ -618,7 +618,7 @@ class Engine:
         stream = self._streams.get(name)
         return None if stream is None else stream.source
 
-    def latest_frame(self, name: str) -> Frame | None:
+    async def latest_frame(self, name: str) -> Frame | None:
         """The newest frame stream ``name``'s source delivered (None: none yet), whether or not the model
         has taken it; event loop only. Raises :class:`UnknownStream`."""
         stream = self._streams.get(name)

@@ -29,7 +29,7 @@ from cluster.gateway import Gateway, open_gateway
 from engine.build import EngineRecipe
 from engine.engine import EngineSettings
 from stream.spec import parse_source
-from tests.support.server import TOKEN
+from tests.support.server import TOKEN, http_request
 from tests.support.webrtc_peer import loopback_ice, publish, unpublish
 from web.auth import Authenticator
 from web.server import WS_PATH, App
@@ -141,6 +141,9 @@ async def archived(gateway: Gateway, clips: int, timeout: float) -> None:
             await asyncio.sleep(0.1)
 
 
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 async def test_a_killed_shard_comes_back_with_its_streams_and_no_client_drops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,6 +167,12 @@ async def test_a_killed_shard_comes_back_with_its_streams_and_no_client_drops(
         for name, c in clients.items():
             answer = await c.wait(final(f"first-{name}"), 60)
             assert answer["type"] == "answer" and answer["context"]["frames"] > 0, answer
+        # Each stream's picture, fetched from its shard through the gateway's HTTP.
+        for name in STREAMS:
+            pic = await asyncio.to_thread(
+                http_request, app.port(), "GET", f"/v1/streams/{name}/snapshot.jpg", None, AUTH
+            )
+            assert pic.status == 200 and pic.body[:2] == b"\xff\xd8" and len(pic.body) > 1000, (name, pic.status)
 
         victim = shards["cam1"]
         lost = [n for n in STREAMS if shards[n] == victim]

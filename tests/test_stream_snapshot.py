@@ -16,7 +16,7 @@ import pytest
 from engine.engine import EngineSettings
 from models.families.smolvlm import SmolVLMAdapter
 from stream.demo import HEIGHT, WIDTH, render
-from tests.support.server import TOKEN, HttpResult, http_request, running_server, until, wait_for_frames
+from tests.support.server import TOKEN, HttpResult, http_request, running_server, wait_for_frames
 from web.auth import Viewer
 
 SETTINGS = EngineSettings(fps=2.0)
@@ -52,7 +52,13 @@ async def test_the_snapshot_is_the_streams_newest_frame_as_a_jpeg(tiny: SmolVLMA
         assert float(np.abs(rgb - later).mean()) > float(np.abs(rgb - expected.astype(np.float32)).mean())
         assert float(r.headers["x-livesight-captured-at"]) > 0
         # Newer frames come as the stream runs.
-        await until(lambda: (f := srv.engine.latest_frame("demo")) is not None and f.pts > pts, 10, "a newer frame")
+        for _ in range(100):  # a newer frame within 10 s (2 fps)
+            f = await srv.engine.latest_frame("demo")
+            if f is not None and f.pts > pts:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("no newer frame in 10 s")
         newer = await get(srv.port, "/v1/streams/demo/snapshot.jpg")
         assert newer.status == 200 and float(newer.headers["x-livesight-stream-time"]) > pts
 
@@ -61,7 +67,7 @@ async def test_one_encoding_per_frame_however_many_ask(tiny: SmolVLMAdapter) -> 
     async with running_server(tiny, SETTINGS, ("demo",)) as srv:
         await wait_for_frames(srv.engine, "demo", 1)
         snapshots = srv.app.snapshots
-        frame = srv.engine.latest_frame("demo")
+        frame = await srv.engine.latest_frame("demo")
         assert frame is not None
         before = snapshots.encoded
         # Twenty viewers at once for the same frame: one JPEG, shared (also while it is being made).
@@ -74,7 +80,7 @@ async def test_one_encoding_per_frame_however_many_ask(tiny: SmolVLMAdapter) -> 
         for _ in range(3):
             r = await get(srv.port, "/v1/streams/demo/snapshot.jpg")
             assert r.status == 200
-        newest = srv.engine.latest_frame("demo")
+        newest = await srv.engine.latest_frame("demo")
         assert newest is not None
         # At most one more encoding per frame that arrived meanwhile (2 fps: a few at most).
         assert snapshots.encoded - made <= max(0, newest.index - frame.index)

@@ -1,7 +1,7 @@
 """Each stream's newest frame as a JPEG, for pages and scripts: ``GET /v1/streams/<name>/snapshot.jpg``
 (``<name>`` percent-encoded) with ``Authorization: Bearer <token>``; a viewer sees its own streams only.
 
-The frame is the newest one the stream's source delivered (:meth:`Engine.latest_frame`, read on the event
+The frame is the newest one the stream's source delivered (:meth:`EngineAPI.latest_frame`, read on the event
 loop; frames are frozen and read-only, so encoding one in a thread while the model reads it is safe). The
 JPEG is made once per frame, in a thread (``asyncio.to_thread``), and kept until a newer frame comes: every
 viewer asking about the same frame shares one encoding, also while it is still being made. The cache
@@ -34,7 +34,7 @@ from web.events_http import error_response
 from web.plain_http import HttpResponse
 
 if TYPE_CHECKING:
-    from engine.engine import Engine
+    from engine.api import EngineAPI
 
 STREAMS_PREFIX = "/v1/streams/"
 _SNAPSHOT = re.compile(r"^/v1/streams/([^/]{1,256})/snapshot\.jpg$")
@@ -65,7 +65,7 @@ class _Encoded:
 class StreamSnapshots:
     """``GET /v1/streams/<name>/snapshot.jpg`` (see the module doc)."""
 
-    def __init__(self, auth: Authenticator, engine: Callable[[], Engine | None]) -> None:
+    def __init__(self, auth: Authenticator, engine: Callable[[], EngineAPI | None]) -> None:
         self._auth = auth
         self._engine = engine
         self._cache: dict[str, _Encoded] = {}  # stream name -> its newest frame's JPEG (event loop only)
@@ -95,7 +95,7 @@ class StreamSnapshots:
         name = unquote(m.group(1))
         if not who.sees(name):
             raise UnknownStream(f"no stream named {name!r}")
-        frame = engine.latest_frame(name)
+        frame = await engine.latest_frame(name)
         if frame is None:
             raise NoVideo(f"stream {name!r} has no frame yet; try again in a moment")
         jpeg = await self.jpeg(name, frame, engine.stream_names())
@@ -110,7 +110,8 @@ class StreamSnapshots:
         """``frame``'s JPEG, made once however many ask (``streams``: the names that exist, so the cache
         forgets removed streams)."""
         entry = self._cache.get(name)
-        if entry is None or entry.frame is not frame:
+        # The same frame: the same object in one process, an equal copy from a shard (serve --ray).
+        if entry is None or (entry.frame.index, entry.frame.pts) != (frame.index, frame.pts):
             entry = _Encoded(frame, asyncio.ensure_future(asyncio.to_thread(encode_jpeg, frame.image)))
             self._cache[name] = entry
             self.encoded += 1
