@@ -192,8 +192,9 @@ class RtspSource(ThreadedSource):
             self._failures += 1
             offline = self._failures >= self._offline_after
             was = self.stats.state
-            self.stats.state = SourceState.OFFLINE if offline else SourceState.RECONNECTING
+            # The error first: a change of state is announced at once (the watcher reads both).
             self.stats.error = reason
+            self.stats.state = SourceState.OFFLINE if offline else SourceState.RECONNECTING
             delay = self._backoff.next()
             # Warn on a change of state only: an offline camera retried every few seconds for hours
             # must not flood the log.
@@ -277,8 +278,8 @@ class RtspSource(ThreadedSource):
         was = self.stats.state
         self._failures = 0
         self._backoff.reset()
+        self.stats.error = None  # before the state: its change is announced at once
         self.stats.state = SourceState.LIVE
-        self.stats.error = None
         if was is not SourceState.STARTING:
             log.info("stream %s: live again after %d reconnect(s)", self.name, self.stats.reconnects)
         else:
