@@ -5,10 +5,14 @@ camera ending the stream, no frames for ``stall_timeout``) ``reconnecting``, and
 ``offline_after`` attempts in a row have failed. It never gives up: an offline camera keeps being retried
 (capped exponential backoff with jitter) and goes ``live`` again by itself when it comes back.
 
-Stalls are caught twice: PyAV's ``timeout=(open, read)`` interrupts an open or a read that blocks (a
-frozen camera keeps its TCP connection open but sends nothing), and a frame watchdog in the read loop
-reconnects when packets still arrive but no frame decodes for ``stall_timeout`` (plus one keyframe
-interval while decoding keyframes only): a camera sending undecodable data, or no keyframe.
+Stalls are caught twice: a timeout interrupts an open or a read that blocks (a frozen camera keeps its
+TCP connection open but sends nothing), and a frame watchdog in the read loop reconnects when packets
+still arrive but no frame decodes for ``stall_timeout`` (plus one keyframe interval while decoding
+keyframes only): a camera sending undecodable data, or no keyframe. The open is bounded by PyAV's
+``timeout``; reads by FFmpeg's own socket timeout (the RTSP option ``timeout``, TCP and UDP alike), not
+PyAV's read timeout: PyAV checks that one in an interrupt callback that takes the GIL, and FFmpeg calls it
+several times per RTP packet, so with a few dozen 1080p cameras the reader threads queued for the GIL by
+the hundred thousand per second and fell behind (measured: bench/ingest.py, docs/benchmarks.md).
 
 Keyframes only: when every keyframe interval seen on this connection is at most the sampling period
 (5% slack), each sampling slot still gets a frame within one period, so the decoder skips every
@@ -44,7 +48,15 @@ from stream.picture import Orienter, to_rgb
 from stream.source import SourceState, ThreadedSource
 from stream.spec import Transport, redact, scrub
 
-__all__ = ["OPEN_OPTIONS", "KeyframeRule", "RtspSource", "Timeline", "TransportPreference", "scrub"]
+__all__ = [
+    "OPEN_OPTIONS",
+    "KeyframeRule",
+    "RtspSource",
+    "Timeline",
+    "TransportPreference",
+    "read_timeout_option",
+    "scrub",
+]
 
 log = logging.getLogger("stream.rtsp")
 
@@ -52,6 +64,11 @@ DecodeMode = Literal["auto", "all", "keyframes"]
 
 #: Fast open: a small probe and no duration analysis cut opening from ~1.0 s to ~0.35 s (measured).
 OPEN_OPTIONS = {"probesize": "32768", "analyzeduration": "0", "fpsprobesize": "0"}
+
+
+def read_timeout_option(seconds: float) -> dict[str, str]:
+    """FFmpeg's RTSP ``timeout`` option (microseconds) for reads that wait ``seconds`` for data at most."""
+    return {"timeout": str(max(1, round(seconds * 1_000_000)))}
 
 
 class TransportPreference:
@@ -215,9 +232,8 @@ class RtspSource(ThreadedSource):
                 url = self._guard(url)  # checked again at every connection: DNS answers change
             except ConfigError as exc:
                 raise SourceError(exc.message, retryable=True) from None
-        options = {**OPEN_OPTIONS, **self._transport.options()}
         try:
-            container = av.open(url, mode="r", options=options, timeout=(self._open_timeout, self._read_timeout))
+            container = self._open(url)
         except av.error.FFmpegError as exc:
             raise self._fail("cannot open", exc, url) from None
         self._decoded = 0
@@ -233,6 +249,11 @@ class RtspSource(ThreadedSource):
         finally:
             if self._decoded == 0 and not self._stop.is_set():
                 self._transport.no_frames()
+
+    def _open(self, url: str) -> Any:
+        """Open the camera: the open bounded by PyAV's timeout, reads by FFmpeg's (see the module doc)."""
+        options = {**OPEN_OPTIONS, **self._transport.options(), **read_timeout_option(self._read_timeout)}
+        return av.open(url, mode="r", options=options, timeout=(self._open_timeout, None))
 
     def _read(self, container: Any, vstream: Any) -> None:
         rule = KeyframeRule(self._sampler.period, self._decode)
