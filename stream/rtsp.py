@@ -44,7 +44,7 @@ import av.error
 
 from errors import ConfigError, SourceError
 from stream.backoff import Backoff
-from stream.picture import Orienter, to_rgb
+from stream.picture import Orienter
 from stream.source import SourceState, ThreadedSource
 from stream.spec import Transport, redact, scrub
 
@@ -290,7 +290,7 @@ class RtspSource(ThreadedSource):
                 pts, captured_at = timeline.place(frame.time, now, self._wall())
                 if not self._sampler.due(pts):
                     continue
-                self._emit(pts, to_rgb(frame, orienter.current), captured_at)
+                self._emit(pts, orienter.rgb(frame), captured_at)
 
     def _on_first_frame(self, now: float) -> None:
         if self._origin is None:
