@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -235,6 +236,25 @@ async def test_reads_do_not_call_back_into_python_for_every_socket_read(
     finally:
         await source.close()
     assert per_frame < 1.5, per_frame
+
+
+async def test_a_camera_costs_one_thread(camera: RtspServer) -> None:
+    """Decoding runs in the camera's reader thread: no decoder threads of FFmpeg's (it started one per core
+    for every camera)."""
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    before = threads()
+    source = RtspSource("cam", camera.url, 2.0, decode="all")
+    frames = aiter(source)
+    try:
+        for _ in range(3):  # decoded and converted: whatever threads decoding starts are running
+            await asyncio.wait_for(anext(frames), timeout=15)
+        during = threads()
+    finally:
+        await source.close()
+    assert during - before == 1
 
 
 async def test_keyframes_only_when_the_sampling_rate_allows(camera: RtspServer) -> None:
