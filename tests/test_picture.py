@@ -1,13 +1,16 @@
 """A stream's pictures through its own reused scaling context: the same pixels as PyAV's per-frame
-conversion, and the right size when the stream changes resolution mid-connection."""
+conversion, and the right size when the stream changes resolution mid-connection; and frames freed as soon
+as they are dropped."""
 
 from __future__ import annotations
+
+import gc
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from stream.picture import MAX_SIDE, Orienter, to_rgb
+from stream.picture import MAX_SIDE, Orienter, orientation, to_rgb
 
 
 def frame(width: int, height: int, seed: int) -> av.VideoFrame:
@@ -39,3 +42,22 @@ def test_to_rgb_without_a_context_and_with_one_agree() -> None:
     f = frame(1280, 960, seed=7)
     np.testing.assert_array_equal(to_rgb(f), to_rgb(f, reformatter=VideoReformatter()))
     np.testing.assert_array_equal(to_rgb(f, max_side=320), reference(f, 320, 240))
+
+
+def test_reading_the_orientation_leaves_no_cycle_to_collect() -> None:
+    """PyAV's ``frame.side_data`` is cached on the frame and holds the frame: a reference cycle that kept
+    every decoded picture until the cyclic garbage collector ran (gigabytes with a few dozen cameras).
+    Orientations are read without it, so a frame goes as soon as its last reference does."""
+    frames = [frame(64, 48, seed=i) for i in range(8)]
+    orienter = Orienter()
+    gc.collect()
+    gc.disable()
+    try:
+        for f in frames:
+            assert orientation(f) is None
+            orienter.update(f)
+            orienter.picture(f)
+        del f, frames
+        assert gc.collect() == 0  # nothing unreachable: no cycle was made
+    finally:
+        gc.enable()
