@@ -48,22 +48,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import av
 import av.container.core
 import numpy as np
 import psutil
+from av.sidedata.sidedata import SideDataContainer
+from av.sidedata.sidedata import Type as SideDataType
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import stream.picture  # noqa: E402
 import stream.rtsp  # noqa: E402
 from engine.engine import Engine, EngineSettings  # noqa: E402
 from models.loader import choose_placement, load_model  # noqa: E402
 from stream.factory import make_source  # noqa: E402
-from stream.picture import MAX_SIDE, UPRIGHT, Orientation, Orienter, upright  # noqa: E402
+from stream.picture import MAX_SIDE, UPRIGHT, Orientation, Orienter, from_matrix, upright  # noqa: E402
 from stream.rtsp import OPEN_OPTIONS, DecodeMode, RtspSource  # noqa: E402
 from stream.source import Source  # noqa: E402
 from stream.spec import SourceSpec, parse_source  # noqa: E402
@@ -97,7 +100,9 @@ def camera() -> RtspServer:
 class BaselineSource(RtspSource):
     """The reader as it was (main before issue 14's ingest work): reads bounded by PyAV's read timeout,
     which PyAV checks in an interrupt callback that takes the GIL, called by FFmpeg around every socket
-    read; and, inside :func:`as_before`, a new scaling context for every frame."""
+    read; and, inside :func:`as_before`, a new scaling context for every frame. Two later changes stay in
+    it: decoding in the reader's thread (measured apart: ~5% of the readers' CPU) and orientations read
+    without a reference cycle (the old way grew the process by gigabytes: the ``memory`` part)."""
 
     def _open(self, url: str) -> Any:
         options = {**OPEN_OPTIONS, **self._transport.options()}
@@ -118,6 +123,14 @@ class FreshScaler(Orienter):
 
     def rgb(self, frame: av.VideoFrame, max_side: int = MAX_SIDE) -> np.ndarray:
         return fresh_rgb(frame, self.current, max_side)
+
+
+def cyclic_orientation(frame: av.VideoFrame) -> Orientation | None:
+    """``stream.picture.orientation`` as it was: through ``frame.side_data``, which PyAV caches on the
+    frame while it holds the frame (a reference cycle: the picture waits for the cyclic collector)."""
+    # PyAV's stub types side_data as a TypedDict; at run time it is a mapping keyed by side-data type.
+    side = cast(SideDataContainer, frame.side_data).get(SideDataType.DISPLAYMATRIX)
+    return None if side is None else from_matrix(np.frombuffer(bytes(side), dtype="<i4")[:9])
 
 
 @contextlib.contextmanager
@@ -177,6 +190,60 @@ async def cpu_of(mode: DecodeMode, seconds: float, baseline: bool = False, count
     return row
 
 
+async def memory_of(n: int, seconds: float, cyclic: bool) -> dict[str, Any]:
+    """RSS of this process while ``n`` cameras are read (no engine, 1 fps), orientations read as before
+    (``cyclic``: through ``frame.side_data``) or now: at the start, the highest seen, the end."""
+    servers = [camera() for _ in range(n)]
+    patch = mock.patch.object(stream.picture, "orientation", cyclic_orientation) if cyclic else contextlib.nullcontext()
+    proc = psutil.Process()
+    with patch:
+        sources = [RtspSource(f"cam{i}", server.url, 1.0) for i, server in enumerate(servers)]
+
+        async def consume(source: RtspSource) -> None:
+            async for _ in source:
+                pass
+
+        tasks = [asyncio.create_task(consume(s), name=f"bench:{s.name}") for s in sources]
+        try:
+            await asyncio.sleep(3)  # every reader open
+            start = peak = proc.memory_info().rss
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                await asyncio.sleep(0.5)
+                peak = max(peak, proc.memory_info().rss)
+            last = proc.memory_info().rss
+        finally:
+            for source in sources:
+                await source.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for server in servers:
+                server.close()
+    mb = 1 / 1e6
+    return {
+        "cameras": n,
+        "orientation": "frame.side_data (as before)" if cyclic else "own container (now)",
+        "rss_start_mb": round(start * mb),
+        "rss_peak_mb": round(peak * mb),
+        "rss_end_mb": round(last * mb),
+    }
+
+
+def rss_guard(limit_gb: float) -> None:
+    """Ends the benchmark (exit 3) if this process grows past ``limit_gb``: a machine shared with other
+    jobs must not be taken down by a leak found here."""
+    proc = psutil.Process()
+
+    def watch() -> None:
+        while True:
+            rss = proc.memory_info().rss
+            if rss > limit_gb * 1e9:
+                print(json.dumps({"aborted": f"RSS {rss / 1e9:.1f} GB over --max-rss-gb {limit_gb}"}), flush=True)
+                os._exit(3)
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, name="bench-rss-guard", daemon=True).start()
+
+
 def conversion_ms(repeats: int = 3, n: int = 20) -> dict[str, float]:
     """Process CPU per 1080p keyframe converted to 1280x720 RGB (best of ``repeats``), both ways."""
     with av.open(str(media())) as container:
@@ -204,6 +271,13 @@ def conversion_ms(repeats: int = 3, n: int = 20) -> dict[str, float]:
     return out
 
 
+def schedstat(tid: int) -> tuple[float, float]:
+    """Seconds thread ``tid`` has run on a CPU, and waited runnable for one (Linux schedstat)."""
+    with open(f"/proc/self/task/{tid}/schedstat") as f:
+        on_cpu, waiting, _ = f.read().split()
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -220,24 +294,25 @@ class Threads:
     does not know (FFmpeg's decoder and scaler threads, torch's OpenMP workers) count as ``native``."""
 
     def __init__(self) -> None:
-        self.cpu, self.switches = self._read()
+        self.cpu, self.switches, self.waits = self._read()
         self.machine = self._machine()
         self.wall = time.monotonic()
 
     @staticmethod
-    def _read() -> tuple[dict[int, float], dict[int, int]]:
-        cpu, switches = {}, {}
+    def _read() -> tuple[dict[int, float], dict[int, int], dict[int, float]]:
+        cpu, switches, waits = {}, {}, {}
         for tid in os.listdir("/proc/self/task"):
             try:
                 with open(f"/proc/self/task/{tid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 with open(f"/proc/self/task/{tid}/status") as f:
                     status = f.read()
+                waits[int(tid)] = schedstat(int(tid))[1]
             except OSError:
                 continue  # ended meanwhile
             cpu[int(tid)] = (int(fields[11]) + int(fields[12])) / TICK
             switches[int(tid)] = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-        return cpu, switches
+        return cpu, switches, waits
 
     @staticmethod
     def _machine() -> tuple[float, float, float, float]:
@@ -248,21 +323,25 @@ class Threads:
         return sum(ticks) - ticks[3] - ticks[4], ticks[5] + ticks[6], ticks[7], sum(ticks)
 
     def since(self, cameras: int) -> dict[str, Any]:
-        cpu, switches = self._read()
+        cpu, switches, waits = self._read()
         busy, irq, steal, total = self._machine()
         ticks = max(1, total - self.machine[3])
         wall = time.monotonic() - self.wall
         kinds = {t.native_id: thread_kind(t.name) for t in threading.enumerate() if t.native_id is not None}
         by_kind: dict[str, float] = {}
+        waiting: dict[str, float] = {}
         reader_switches = 0
         for tid, c in cpu.items():
             kind = kinds.get(tid, "native")
             by_kind[kind] = by_kind.get(kind, 0.0) + c - self.cpu.get(tid, 0.0)
+            waiting[kind] = waiting.get(kind, 0.0) + waits[tid] - self.waits.get(tid, 0.0)
             if kind == "readers":
                 reader_switches += switches[tid] - self.switches.get(tid, 0)
         cores = os.cpu_count() or 1
         return {
             "thread_cpu_core_pct": {k: round(100 * v / wall, 1) for k, v in sorted(by_kind.items())},
+            # Runnable but not running: time the threads of a kind waited for a CPU (per cent of the wall).
+            "thread_waiting_for_cpu_pct": {k: round(100 * v / wall, 1) for k, v in sorted(waiting.items())},
             "reader_switches_per_camera_s": round(reader_switches / wall / max(1, cameras)),
             "machine_busy_pct": round(100 * (busy - self.machine[0]) / ticks, 1),
             "machine_busy_core_pct": round(100 * cores * (busy - self.machine[0]) / ticks, 1),
@@ -272,15 +351,39 @@ class Threads:
 
 
 class TimedEngine(Engine):
-    """The real engine, noting each frame's age (now - capture time) when its tokens are in memory."""
+    """The real engine, noting each frame's age (now - capture time) when its tokens are in memory, and
+    where the inference thread's time went during ingest batches: on a CPU, runnable but waiting for a CPU
+    (other processes, other threads), or neither: blocked, which in a batch (no I/O) is waiting for the
+    GIL, give or take the hops to and from the event loop."""
 
     ages: list[float]
+    batches: dict[str, float]
+
+    def reset(self) -> None:
+        self.ages = []
+        self.batches = {"wall_s": 0.0, "on_cpu_s": 0.0, "waiting_for_cpu_s": 0.0}
 
     async def _ingest(self) -> None:
         batch = [s.pending for s in self._streams.values() if s.pending is not None]
+        tid = next((t.native_id for t in threading.enumerate() if t.name.startswith("inference")), None)
+        before = schedstat(tid) if tid is not None else None
+        t0 = time.perf_counter()
         await super()._ingest()
         now = time.time()
         self.ages.extend(now - frame.captured_at for frame in batch)
+        if tid is None:  # the worker's thread starts with its first unit; time it from the next batch
+            return
+        after = schedstat(tid)
+        self.batches["wall_s"] += time.perf_counter() - t0
+        if before is not None:
+            self.batches["on_cpu_s"] += after[0] - before[0]
+            self.batches["waiting_for_cpu_s"] += after[1] - before[1]
+
+    def batch_times(self) -> dict[str, float]:
+        b = self.batches
+        return {k: round(v, 2) for k, v in b.items()} | {
+            "blocked_s": round(b["wall_s"] - b["on_cpu_s"] - b["waiting_for_cpu_s"], 2)
+        }
 
 
 async def engine_run(n: int, mode: DecodeMode, seconds: float, model: Any, baseline: bool = False) -> dict[str, Any]:
@@ -297,7 +400,7 @@ async def engine_run(n: int, mode: DecodeMode, seconds: float, model: Any, basel
     # clients joining at once).
     servers = [camera() for _ in range(n)]
     engine = TimedEngine(model, EngineSettings(fps=1.0, max_streams=max(16, n)), factory)
-    engine.ages = []
+    engine.reset()
     try:
         with as_before(baseline):  # readers start (and make their Orienter) inside
             await engine.start([parse_source(f"cam{i}={server.url}") for i, server in enumerate(servers)])
@@ -307,7 +410,7 @@ async def engine_run(n: int, mode: DecodeMode, seconds: float, model: Any, basel
                     break
                 await asyncio.sleep(0.1)
         await asyncio.sleep(3)  # settle: every reader open and decoding
-        engine.ages = []
+        engine.reset()
         c0, w0 = cpu_seconds(), time.monotonic()
         threads = Threads()
         procs = [psutil.Process(sv.proc.pid) for sv in servers if sv.proc]
@@ -318,6 +421,8 @@ async def engine_run(n: int, mode: DecodeMode, seconds: float, model: Any, basel
         server_cpu = sum(proc.cpu_percent(None) for proc in procs)
         per_thread = threads.since(n)
         ages = sorted(engine.ages)
+        batches = engine.batch_times()
+        rss = psutil.Process().memory_info().rss
         info = engine.streams_info()
     finally:
         await engine.close()
@@ -345,6 +450,8 @@ async def engine_run(n: int, mode: DecodeMode, seconds: float, model: Any, basel
             - server_cpu,
             1,
         ),
+        "inference_batches": batches,
+        "rss_mb": round(rss / 1e6),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -364,16 +471,19 @@ def counts(max_streams: int) -> list[int]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", default=["cpu", "streams", "latency"])
+    ap.add_argument("what", nargs="*", default=["cpu", "memory", "streams", "latency"])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--max-streams", type=int, default=16)
     ap.add_argument("--steps", help="camera counts to try, e.g. 24,28,32,36,40 (default: 1, 2, 4, 8, 12, ...)")
     ap.add_argument("--baseline", action="store_true", help="the reader as it was too, at every count")
     ap.add_argument("--modes", default="auto,all")
+    ap.add_argument("--memory-cameras", type=int, default=16, help="cameras for the memory part")
+    ap.add_argument("--max-rss-gb", type=float, default=4.0, help="abort if this process grows past it")
     ap.add_argument(
         "--torch-threads", type=int, help="torch.set_num_threads before loading the model (default: torch's)"
     )
     args = ap.parse_args()
+    rss_guard(args.max_rss_gb)
     if args.torch_threads:
         import torch
 
@@ -398,6 +508,9 @@ async def main() -> None:
             "rgb_1080p_to_720p": conversion_ms(),
         }
         print(json.dumps(out["cpu"]), flush=True)
+    if "memory" in args.what:
+        out["memory"] = [await memory_of(args.memory_cameras, 10, cyclic) for cyclic in (False, True)]
+        print(json.dumps(out["memory"]), flush=True)
     model = load_model("tiny-random", choose_placement("cpu"))
     if "latency" in args.what:
         out["latency"] = await engine_run(1, "auto", max(args.seconds, 30), model)
