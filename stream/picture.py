@@ -18,12 +18,12 @@ the frame that carried it (measured with PyAV 18), while the SEI itself persists
 from __future__ import annotations
 
 import logging
-from typing import cast
 
 import av
 import numpy as np
 from av.sidedata.sidedata import SideDataContainer
 from av.sidedata.sidedata import Type as SideDataType
+from av.video.reformatter import VideoReformatter
 
 log = logging.getLogger("stream.picture")
 
@@ -36,8 +36,12 @@ UPRIGHT: Orientation = (1, 0, 0, 1)
 
 def orientation(frame: av.VideoFrame) -> Orientation | None:
     """The right-angle display transform attached to ``frame``; None when it carries no display matrix."""
-    # PyAV's stub types side_data as a TypedDict; at run time it is a mapping keyed by side-data type.
-    side = cast(SideDataContainer, frame.side_data).get(SideDataType.DISPLAYMATRIX)
+    # Not ``frame.side_data``: PyAV caches that container on the frame and the container holds the frame,
+    # a reference cycle, so every decoded picture (3 MB at 1080p) waited for the cyclic garbage collector,
+    # which this code rarely wakes: 1.3 GB more for 16 cameras after 5 s (bench/ingest.py ``memory``),
+    # and the decoder allocated (and zeroed) a fresh buffer for every frame. A container of our own holds
+    # the frame, not the other way round, and goes with its last reference.
+    side = SideDataContainer(frame).get(SideDataType.DISPLAYMATRIX)  # type: ignore[call-arg]  # stub lacks __init__
     if side is None:
         return None
     return from_matrix(np.frombuffer(bytes(side), dtype="<i4")[:9])
@@ -72,16 +76,27 @@ def upright(image: np.ndarray, orient: Orientation) -> np.ndarray:
     return image[::d, ::a]
 
 
-def to_rgb(frame: av.VideoFrame, orient: Orientation = UPRIGHT, max_side: int = MAX_SIDE) -> np.ndarray:
+def to_rgb(
+    frame: av.VideoFrame,
+    orient: Orientation = UPRIGHT,
+    max_side: int = MAX_SIDE,
+    reformatter: VideoReformatter | None = None,
+) -> np.ndarray:
     """``frame`` as an RGB array (rows, columns, 3) shown under ``orient``, its longer side at most
     ``max_side``.
 
     Scaling happens in the conversion, on the decoded orientation; turning afterwards gives the same
     picture (a right-angle turn keeps the longer side) and moves 4x fewer pixels at 1080p.
+
+    Pass a stream's own ``reformatter`` to reuse its scaling context from frame to frame (PyAV's
+    ``frame.to_ndarray`` makes a new one per frame). Scaling runs in the calling thread: one reader
+    thread per camera already spreads the work over the cores, and swscale's own slice threads were
+    started and joined for every frame (measured in bench/ingest.py ``cpu``).
     """
     scale = min(1.0, max_side / max(frame.width, frame.height))
     w, h = max(2, int(frame.width * scale) // 2 * 2), max(2, int(frame.height * scale) // 2 * 2)
-    image = frame.to_ndarray(format="rgb24", width=w, height=h)
+    scaler = reformatter if reformatter is not None else VideoReformatter()
+    image = scaler.reformat(frame, width=w, height=h, format="rgb24", threads=1).to_ndarray()
     if orient == UPRIGHT:
         return image
     # Contiguous again: downstream code (and torch.from_numpy) expects no negative strides.
@@ -90,15 +105,23 @@ def to_rgb(frame: av.VideoFrame, orient: Orientation = UPRIGHT, max_side: int = 
 
 class Orienter:
     """One stream's (one connection's) display orientation: the last display matrix seen, applied to every
-    picture until another one comes."""
+    picture until another one comes; and the stream's scaling context, reused from picture to picture.
+    Used by one thread (the stream's reader)."""
 
     def __init__(self) -> None:
         self.current: Orientation = UPRIGHT
+        self._reformatter = VideoReformatter()
 
     def picture(self, frame: av.VideoFrame, max_side: int = MAX_SIDE) -> np.ndarray:
-        """``frame`` as :func:`to_rgb` makes it, upright by the stream's latest display matrix."""
+        """``frame`` as :func:`to_rgb` makes it, upright by the stream's latest display matrix (``frame``'s
+        own included)."""
         self.update(frame)
-        return to_rgb(frame, self.current, max_side)
+        return self.rgb(frame, max_side)
+
+    def rgb(self, frame: av.VideoFrame, max_side: int = MAX_SIDE) -> np.ndarray:
+        """``frame`` as :func:`to_rgb` makes it, upright by the display matrix seen last (call
+        :meth:`update` with ``frame`` first)."""
+        return to_rgb(frame, self.current, max_side, self._reformatter)
 
     def update(self, frame: av.VideoFrame) -> None:
         """Take note of ``frame``'s display matrix, if it has one (call it for frames not converted too:

@@ -5,10 +5,14 @@ camera ending the stream, no frames for ``stall_timeout``) ``reconnecting``, and
 ``offline_after`` attempts in a row have failed. It never gives up: an offline camera keeps being retried
 (capped exponential backoff with jitter) and goes ``live`` again by itself when it comes back.
 
-Stalls are caught twice: PyAV's ``timeout=(open, read)`` interrupts an open or a read that blocks (a
-frozen camera keeps its TCP connection open but sends nothing), and a frame watchdog in the read loop
-reconnects when packets still arrive but no frame decodes for ``stall_timeout`` (plus one keyframe
-interval while decoding keyframes only): a camera sending undecodable data, or no keyframe.
+Stalls are caught twice: a timeout interrupts an open or a read that blocks (a frozen camera keeps its
+TCP connection open but sends nothing), and a frame watchdog in the read loop reconnects when packets
+still arrive but no frame decodes for ``stall_timeout`` (plus one keyframe interval while decoding
+keyframes only): a camera sending undecodable data, or no keyframe. The open is bounded by PyAV's
+``timeout``; reads by FFmpeg's own socket timeout (the RTSP option ``timeout``, TCP and UDP alike), not
+PyAV's read timeout: PyAV checks that one in an interrupt callback that takes the GIL, and FFmpeg calls it
+several times per RTP packet, so with a few dozen 1080p cameras the reader threads queued for the GIL by
+the hundred thousand per second and fell behind (measured: bench/ingest.py, docs/benchmarks.md).
 
 Keyframes only: when every keyframe interval seen on this connection is at most the sampling period
 (5% slack), each sampling slot still gets a frame within one period, so the decoder skips every
@@ -40,11 +44,19 @@ import av.error
 
 from errors import ConfigError, SourceError
 from stream.backoff import Backoff
-from stream.picture import Orienter, to_rgb
+from stream.picture import Orienter
 from stream.source import SourceState, ThreadedSource
 from stream.spec import Transport, redact, scrub
 
-__all__ = ["OPEN_OPTIONS", "KeyframeRule", "RtspSource", "Timeline", "TransportPreference", "scrub"]
+__all__ = [
+    "OPEN_OPTIONS",
+    "KeyframeRule",
+    "RtspSource",
+    "Timeline",
+    "TransportPreference",
+    "read_timeout_option",
+    "scrub",
+]
 
 log = logging.getLogger("stream.rtsp")
 
@@ -52,6 +64,11 @@ DecodeMode = Literal["auto", "all", "keyframes"]
 
 #: Fast open: a small probe and no duration analysis cut opening from ~1.0 s to ~0.35 s (measured).
 OPEN_OPTIONS = {"probesize": "32768", "analyzeduration": "0", "fpsprobesize": "0"}
+
+
+def read_timeout_option(seconds: float) -> dict[str, str]:
+    """FFmpeg's RTSP ``timeout`` option (microseconds) for reads that wait ``seconds`` for data at most."""
+    return {"timeout": str(max(1, round(seconds * 1_000_000)))}
 
 
 class TransportPreference:
@@ -216,9 +233,8 @@ class RtspSource(ThreadedSource):
                 url = self._guard(url)  # checked again at every connection: DNS answers change
             except ConfigError as exc:
                 raise SourceError(exc.message, retryable=True) from None
-        options = {**OPEN_OPTIONS, **self._transport.options()}
         try:
-            container = av.open(url, mode="r", options=options, timeout=(self._open_timeout, self._read_timeout))
+            container = self._open(url)
         except av.error.FFmpegError as exc:
             raise self._fail("cannot open", exc, url) from None
         self._decoded = 0
@@ -235,9 +251,19 @@ class RtspSource(ThreadedSource):
             if self._decoded == 0 and not self._stop.is_set():
                 self._transport.no_frames()
 
+    def _open(self, url: str) -> Any:
+        """Open the camera: the open bounded by PyAV's timeout, reads by FFmpeg's (see the module doc)."""
+        options = {**OPEN_OPTIONS, **self._transport.options(), **read_timeout_option(self._read_timeout)}
+        return av.open(url, mode="r", options=options, timeout=(self._open_timeout, None))
+
     def _read(self, container: Any, vstream: Any) -> None:
         rule = KeyframeRule(self._sampler.period, self._decode)
         ctx = vstream.codec_context
+        # Decoding runs in this reader's thread: cameras already spread over the cores one thread each, and
+        # FFmpeg's slice threads (as many per camera as there are cores, idle for the usual one-slice
+        # frame) only added threads to wake: 75 threads for 24 cameras on 2 cores instead of 28, and ~5%
+        # more CPU (bench/ingest.py).
+        ctx.thread_count = 1
         base = vstream.time_base
         # A new decoder decodes everything unless told to skip from the start.
         self.keyframes_only = self._decode == "keyframes"
@@ -270,7 +296,7 @@ class RtspSource(ThreadedSource):
                 pts, captured_at = timeline.place(frame.time, now, self._wall())
                 if not self._sampler.due(pts):
                     continue
-                self._emit(pts, to_rgb(frame, orienter.current), captured_at)
+                self._emit(pts, orienter.rgb(frame), captured_at)
 
     def _on_first_frame(self, now: float) -> None:
         if self._origin is None:

@@ -10,12 +10,14 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import av.container.core
 import pytest
 
 from engine.engine import Engine, EngineSettings, SourceFactory
@@ -202,6 +204,57 @@ async def test_lag_stays_bounded_for_a_30fps_camera_sampled_at_1fps(tiny: ModelA
     assert len(in_memory) >= 50, in_memory
     assert statistics.median(in_memory) < 0.5, in_memory
     assert min(in_memory[-10:]) < 1.0, in_memory
+
+
+async def test_reads_do_not_call_back_into_python_for_every_socket_read(
+    camera: RtspServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read timeout given to PyAV (``av.open(timeout=(open, read))``) is checked in an interrupt callback
+    that takes the GIL to call ``time.monotonic``, and FFmpeg calls it around every socket read: ~18 times
+    per frame of this small camera, ~290 per 1080p frame, so a few dozen cameras queued for the GIL some
+    300,000 times a second. Reads are bounded by FFmpeg's own socket timeout instead; what is left is
+    PyAV's one clock read per packet, from Python. Counted through the clock PyAV's container module uses."""
+    calls = 0
+    clock = time.monotonic
+
+    class CountingTime:
+        @staticmethod
+        def monotonic() -> float:
+            nonlocal calls
+            calls += 1
+            return clock()
+
+    monkeypatch.setattr(av.container.core, "time", CountingTime)
+    source = RtspSource("cam", camera.url, 30.0, decode="all")  # every frame sampled: frames = packets
+    frames = aiter(source)
+    try:
+        await asyncio.wait_for(anext(frames), timeout=15)
+        calls0, emitted0 = calls, source.stats.frames
+        for _ in range(30):
+            await asyncio.wait_for(anext(frames), timeout=10)
+        per_frame = (calls - calls0) / (source.stats.frames - emitted0)
+    finally:
+        await source.close()
+    assert per_frame < 1.5, per_frame
+
+
+async def test_a_camera_costs_one_thread(camera: RtspServer) -> None:
+    """Decoding runs in the camera's reader thread: no decoder threads of FFmpeg's (it started one per core
+    for every camera)."""
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    before = threads()
+    source = RtspSource("cam", camera.url, 2.0, decode="all")
+    frames = aiter(source)
+    try:
+        for _ in range(3):  # decoded and converted: whatever threads decoding starts are running
+            await asyncio.wait_for(anext(frames), timeout=15)
+        during = threads()
+    finally:
+        await source.close()
+    assert during - before == 1
 
 
 async def test_keyframes_only_when_the_sampling_rate_allows(camera: RtspServer) -> None:

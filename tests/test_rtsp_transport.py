@@ -67,6 +67,14 @@ async def never_live(source: RtspSource, failures: int = 2, within: float = 20.0
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def live_within(source: RtspSource, live: bool, seconds: float) -> None:
+    """Waits until the source is (``live``) or is not live, ``seconds`` at most."""
+    deadline = time.monotonic() + seconds
+    while (source.stats.state is SourceState.LIVE) is not live:
+        assert time.monotonic() < deadline, f"live is not {live} within {seconds} s: {source.stats.error}"
+        await asyncio.sleep(0.05)
+
+
 def quick_backoff() -> Backoff:
     return Backoff(base=0.05, cap=0.1, rand=lambda: 0.0)
 
@@ -79,6 +87,25 @@ async def test_a_udp_only_camera_goes_live(udp_only: RtspServer, transport: Tran
     frames = await frames_from(source, 3)
     assert [f.image.shape for f in frames] == [(360, 640, 3)] * 3
     assert source.stats.reconnects == 0  # auto found UDP within the first connection attempt
+
+
+async def test_a_frozen_udp_camera_is_detected_and_recovered(udp_only: RtspServer) -> None:
+    """Reads are bounded by FFmpeg's socket timeout (the RTSP ``timeout`` option): over UDP too, a camera
+    that stops sending (frozen, its RTSP connection open) is left and found again once it sends again."""
+    source = RtspSource("cam", udp_only.url, 4.0, transport="udp", read_timeout=2.0, backoff=quick_backoff())
+    frames = aiter(source)
+    try:
+        await asyncio.wait_for(anext(frames), timeout=20)
+        udp_only.freeze()
+        await live_within(source, False, 10)
+        assert source.stats.error is not None
+        udp_only.thaw()
+        await asyncio.wait_for(anext(frames), timeout=20)
+        await live_within(source, True, 20)
+        assert source.stats.reconnects >= 1
+    finally:
+        udp_only.thaw()
+        await source.close()
 
 
 async def test_tcp_only_setting_cannot_reach_a_udp_only_camera(udp_only: RtspServer) -> None:
