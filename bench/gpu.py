@@ -94,18 +94,7 @@ def memory_of(encoded: Any, tokens: int, n: int) -> list[Segment]:
     for i in range(max(1, math.ceil(tokens / n))):
         j = i % frames_n
         extras = {k: v[j] for k, v in encoded.extras.items()}
-        segs.append(
-            Segment(
-                id=i,
-                start=float(i),
-                end=float(i),
-                frames=1,
-                tokens=encoded.tokens[j],
-                times=torch.full((n,), float(i), dtype=torch.float64),
-                sizes=torch.ones(n, dtype=torch.int64),
-                extras=extras,
-            )
-        )
+        segs.append(Segment.frame(i, float(i), encoded.tokens[j], extras))
     return segs
 
 

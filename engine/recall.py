@@ -80,12 +80,14 @@ class Recaller:
         detailed = [s for s in memory if s.tier <= 1]  # what the memory holds at clip detail (or finer)
         live = any(s.wall_start is not None for s in memory)
         reason = "time"
+        point: float | None = None
         if request.mode == "window":
             infos = self.reader.clips(stream, wall=request.wall, stream_time=request.stream_time)
         else:
             window = self._times.window(question, datetime.fromtimestamp(now, self.tz)) if live else None
             if window is not None:
                 infos = self.reader.clips(stream, wall=(window.start, window.end))
+                point = window.point
             else:
                 reason = "content"
                 before = detailed[0].start if detailed else float("inf")
@@ -93,7 +95,7 @@ class Recaller:
         infos = [c for c in infos if not _held(c, detailed)]
         if not infos:
             return Recalled((), "")
-        picked = self._pick(infos, question, ranked=reason == "content")
+        picked = self._pick(infos, question, ranked=reason == "content", point=point)
         dtype = next((s.tokens.dtype for s in memory), None)
         segments = []
         for i, info in enumerate(picked):
@@ -103,12 +105,20 @@ class Recaller:
                 continue
         return Recalled(tuple(segments), reason if segments else "")
 
-    def _pick(self, infos: list[ClipInfo], question: str, *, ranked: bool) -> list[ClipInfo]:
-        """At most the budget's worth of clips, in time order: the most relevant when the model can rank
-        them (always for content recall), else evenly spaced over the window."""
+    def _pick(
+        self, infos: list[ClipInfo], question: str, *, ranked: bool, point: float | None = None
+    ) -> list[ClipInfo]:
+        """At most the budget's worth of clips, in time order: those nearest the moment the question names
+        ("at 14:05:07": what was on screen then), else the most relevant when the model can rank them
+        (always for content recall), else evenly spaced over the window."""
         k = max(1, self.budget // max(1, self.clip_tokens))
         if len(infos) <= k and not ranked:
             return infos
+        if point is not None and not ranked:
+            if infos[0].wall_start is None:
+                return infos[:k]
+            nearest = sorted(infos, key=lambda c: abs(((c.wall_start or 0.0) + (c.wall_end or 0.0)) / 2 - point))[:k]
+            return sorted(nearest, key=lambda c: c.start)
         if isinstance(self.adapter, SupportsRecall):
             keys = self.reader.keys(infos)
             queries = self.adapter.recall_queries(question)

@@ -53,6 +53,9 @@ class TimeWindow:
     start: float
     end: float
     words: str
+    #: the moment named, when the words name one to the minute or less ("at 14:05:07", "10 minutes ago"):
+    #: what is nearest it matters most. None for spans ("this morning", "between 9 and 10", "at 2 pm").
+    point: float | None = None
 
 
 class TimeReader:
@@ -65,12 +68,16 @@ class TimeReader:
         """The window of time ``question`` refers to, or None (see the module doc)."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        for find in (self._last, self._range, self._bound, self._point):
+        for find in (self._last, self._range, self._bound):
             found = find(question, now)
             if found is not None:
                 start, end, words = found
                 return TimeWindow(start.timestamp(), end.timestamp(), words)
-        return None
+        point = self._point(question, now)
+        if point is None:
+            return None
+        start, end, words, moment = point
+        return TimeWindow(start.timestamp(), end.timestamp(), words, moment.timestamp() if moment else None)
 
     # --- readings --------------------------------------------------------------------------------
     def _last(self, q: str, now: datetime) -> tuple[datetime, datetime, str] | None:
@@ -107,7 +114,7 @@ class TimeReader:
             return t - timedelta(hours=2), t, m.group(0)
         return t, now, m.group(0)
 
-    def _point(self, q: str, now: datetime) -> tuple[datetime, datetime, str] | None:
+    def _point(self, q: str, now: datetime) -> tuple[datetime, datetime, str, datetime | None] | None:
         found = search_dates(q, languages=["en"], settings=self._settings(now))
         for words, _ in found or []:
             if _NOW.match(words):
@@ -115,20 +122,21 @@ class TimeReader:
             reading = self._reading(words, now)
             if reading is None:
                 continue
-            start, end = reading
+            start, end, moment = reading
             before = q[: q.find(words)] if words in q else ""
             if _AROUND.search(before):  # centred on the time named: "around 2 pm" is 13:45-14:15
-                named = start + timedelta(minutes=1) if end - start == timedelta(minutes=2) else start
+                named = moment or start
                 start, end = named - timedelta(minutes=15), named + timedelta(minutes=15)
-            return start, min(end, now), words
+            return start, min(end, now), words, moment
         return None
 
     # --- one reference ---------------------------------------------------------------------------
     def _settings(self, now: datetime) -> dict[str, object]:
         return {"RELATIVE_BASE": now.replace(tzinfo=None), "PREFER_DATES_FROM": "past"}
 
-    def _reading(self, words: str, now: datetime) -> tuple[datetime, datetime] | None:
-        """The window one reference (as found in the question) stands for."""
+    def _reading(self, words: str, now: datetime) -> tuple[datetime, datetime, datetime | None] | None:
+        """The window one reference (as found in the question) stands for, and the moment it names when
+        it names one to the minute or finer."""
         text = words.lower()
         data = self._parser.get_date_data(words)
         t = dateparser.parse(words, languages=["en"], settings=self._settings(now))
@@ -141,19 +149,19 @@ class TimeReader:
                 if "yesterday" not in text and lo * 3600 > _seconds_of_day(now):
                     day -= timedelta(days=1)  # "this evening" asked at 10:00 means yesterday's
                 start = datetime.combine(day, time(0), now.tzinfo) + timedelta(hours=lo)
-                return start, start + timedelta(hours=hi - lo)
+                return start, start + timedelta(hours=hi - lo), None
         if "ago" in text:
             distance = now - t
             slack = max(timedelta(minutes=1), distance * 0.1)
-            return t - slack, t + slack
+            return t - slack, t + slack, t
         if _CLOCK.search(text):
             t = self._today(t, now)
             if re.search(r"\d:\d\d", text):  # minutes given: that minute
-                return t - timedelta(minutes=1), t + timedelta(minutes=1)
-            return t, t + timedelta(hours=1)  # an hour: "at 2 pm", "noon"
+                return t - timedelta(minutes=1), t + timedelta(minutes=1), t
+            return t, t + timedelta(hours=1), None  # an hour: "at 2 pm", "noon"
         if data.period == "day" or "yesterday" in text or "today" in text:
             start = datetime.combine(t.date(), time(0), now.tzinfo)
-            return start, start + timedelta(days=1)
+            return start, start + timedelta(days=1), None
         return None
 
     def _clock_time(self, words: str, now: datetime) -> datetime | None:

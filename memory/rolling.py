@@ -57,16 +57,7 @@ class RollingMemory:
             raise ValueError(f"one frame has {n} tokens, more than the whole budget of {self.budget}")
         if self._segments and t < self._segments[-1].end:
             raise ValueError(f"frame time {t} is before the last frame's {self._segments[-1].end}")
-        seg = Segment(
-            id=self._next_id,
-            start=t,
-            end=t,
-            frames=1,
-            tokens=tokens,
-            times=torch.full((n,), t, dtype=torch.float64),
-            sizes=torch.ones(n, dtype=torch.int64),
-            extras=dict(extras or {}),
-        )
+        seg = Segment.frame(self._next_id, t, tokens, extras)
         self._next_id += 1
         self._seen += 1
         self._segments.append(seg)

@@ -56,6 +56,31 @@ class Segment:
         if self.wall_start is not None and self.wall_end is not None and self.wall_end < self.wall_start:
             raise ValueError(f"segment's wall clock ends ({self.wall_end}) before it starts ({self.wall_start})")
 
+    @classmethod
+    def frame(
+        cls,
+        id: int,
+        t: float,
+        tokens: torch.Tensor,
+        extras: dict[str, torch.Tensor] | None = None,
+        *,
+        wall: float | None = None,
+    ) -> Segment:
+        """One native frame at stream time ``t`` (and wall-clock ``wall``): ``tokens [N, D]`` as they are."""
+        n = int(tokens.shape[0])
+        return cls(
+            id=id,
+            start=t,
+            end=t,
+            frames=1,
+            tokens=tokens,
+            times=torch.full((n,), t, dtype=torch.float64, device=tokens.device),
+            sizes=torch.ones(n, dtype=torch.int64, device=tokens.device),
+            extras=dict(extras or {}),
+            wall_start=wall,
+            wall_end=wall,
+        )
+
     @property
     def num_tokens(self) -> int:
         return int(self.tokens.shape[0])

@@ -5,7 +5,6 @@ their budget, never ones the memory holds at clip detail; "off" and explicit win
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -13,35 +12,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.engine import Engine, EngineSettings, Question
-from engine.events import FINAL, Answered, QuestionEvent
+from engine.engine import Engine, EngineSettings
 from engine.recall import OFF, RecallRequest
 from models.families.smolvlm import SmolVLMAdapter
 from store.archive import Archive
-from stream.demo import render
-from stream.source import SourceState, ThreadedSource
 from stream.spec import SourceSpec
+from tests.support.recorded import RecordedCamera, ask
 from tests.support.server import until
 
 TZ = ZoneInfo("Europe/Berlin")
 T0 = datetime(2026, 12, 1, 14, 0, 0, tzinfo=TZ).timestamp()  # the camera started at 14:00:00
 SECONDS = 600  # ten minutes of video at 1 fps
-
-
-class RecordedCamera(ThreadedSource):
-    """A live camera's ten minutes, played as fast as the model takes them: wall-clock capture times from
-    14:00:00, the demo scene's pictures."""
-
-    def __init__(self, name: str, fps: float) -> None:
-        super().__init__(name, "camera", fps, lossless=True)
-        self.wall_clock = True
-
-    def _run(self) -> None:
-        self.stats.state = SourceState.LIVE
-        for t in range(SECONDS):
-            if self._stop.is_set():
-                return
-            self._emit(float(t), render(float(t), 128, 72), captured_at=T0 + t)
 
 
 @pytest.fixture
@@ -51,7 +32,11 @@ async def engine(tiny: SmolVLMAdapter, tmp_path: Path) -> AsyncIterator[Engine]:
     now = T0 + SECONDS  # 14:10:00
     settings = EngineSettings(fps=1.0, timezone=TZ, recall_tokens=64)
     engine = Engine(
-        tiny, settings, lambda spec, fps: RecordedCamera(spec.name, fps), clock=lambda: now, archive=archive
+        tiny,
+        settings,
+        lambda spec, fps: RecordedCamera(spec.name, fps, seconds=SECONDS, t0=T0, size=(128, 72)),
+        clock=lambda: now,
+        archive=archive,
     )
     await engine.start([SourceSpec("cam", "rtsp", "rtsp://cam")])
     try:
@@ -61,19 +46,6 @@ async def engine(tiny: SmolVLMAdapter, tmp_path: Path) -> AsyncIterator[Engine]:
     finally:
         await engine.close()
         await asyncio.to_thread(archive.close)
-
-
-async def ask(engine: Engine, question: str, **kw: object) -> Answered:
-    done: asyncio.Future[QuestionEvent] = asyncio.get_running_loop().create_future()
-
-    def reply(ev: QuestionEvent) -> None:
-        if isinstance(ev, FINAL) and not done.done():
-            done.set_result(ev)
-
-    engine.submit(Question("q", "cam", question, 4, None, reply, time.time(), **kw))  # type: ignore[arg-type]
-    ev = await asyncio.wait_for(done, 60)
-    assert isinstance(ev, Answered), ev
-    return ev
 
 
 def clock(t: str) -> float:
@@ -93,6 +65,12 @@ async def test_time_words_recall_the_clips_of_that_moment(engine: Engine) -> Non
         assert clock(span.clock_end) <= clock("2026-12-01T14:04:21+01:00")
     assert len(ctx.recalled) <= 64 // 16  # the budget: 64 tokens of 16-token clips
     assert [s.start for s in ctx.recalled] == sorted(s.start for s in ctx.recalled)  # in time order
+    # The window holds far more clips than the budget: a moment named to the second gets the ones nearest
+    # it, so what was on screen then is among them (not clips anywhere in the two minutes).
+    named = clock("2026-12-01T14:03:20+01:00")
+    spans = [(clock(s.clock_start), clock(s.clock_end)) for s in ctx.recalled if s.clock_start and s.clock_end]
+    assert any(a <= named <= b for a, b in spans), spans
+    assert all(abs((a + b) / 2 - named) <= 16 for a, b in spans), spans
 
 
 async def test_without_time_words_the_content_decides_among_older_clips(engine: Engine) -> None:

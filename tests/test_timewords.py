@@ -62,3 +62,22 @@ def test_questions_without_a_time_reference_have_no_window(question: str) -> Non
 def test_now_must_carry_a_time_zone() -> None:
     with pytest.raises(ValueError, match="timezone"):
         TimeReader().window("at 14:05", datetime(2026, 12, 1, 15, 30))
+
+
+@pytest.mark.parametrize(
+    ("question", "point"),
+    [
+        ("What happened at 14:05?", at(14, 5)),
+        ("Was the banner showing at 14:05:30?", at(14, 5) + 30),
+        ("What was going on 10 minutes ago?", at(15, 20)),
+        ("Did anyone come by around 2 pm?", None),
+        ("anyone at the door at 2 pm?", None),
+        ("did anyone come to the door this morning?", None),
+        ("what happened between 9 and 10 am", None),
+        ("When did the banner last appear before 14:00?", None),
+    ],
+)
+def test_a_moment_named_to_the_minute_or_finer_is_kept_as_the_point(question: str, point: float | None) -> None:
+    window = TimeReader().window(question, NOW)
+    assert window is not None
+    assert window.point == (pytest.approx(point) if point is not None else None), question
