@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"Hugging Face model id or local directory (default {DEFAULT_MODEL}); built-in, no "
-        f"download, meaningless text: {', '.join(builtin_names())}",
+        help=f"Hugging Face model id or local directory (default {DEFAULT_MODEL}); built in, nothing "
+        f"downloaded: demo (a small model trained on the demo scene: it answers about --source demo only) and, "
+        f"with random weights and meaningless text, {', '.join(n for n in builtin_names() if n != 'demo')}",
     )
     s.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of stream time (default 1)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

@@ -16,6 +16,8 @@ from errors import ConfigError, ModelUnavailable
 from models.adapter import ModelAdapter
 from models.registry import (
     DEFAULT_MODEL,
+    DEMO,
+    DEMO_DIR,
     TINY_BUDGET,
     FamilySpec,
     builtin_names,
@@ -110,7 +112,8 @@ def resolve_model_dir(model_id: str, *, probe_timeout: float = 3.0) -> str:
     remedy = (
         f"Connect this machine to {constants.ENDPOINT} once so the model is downloaded and cached, "
         f"copy a downloaded model directory here and pass its path to --model, or run offline with "
-        "--model tiny-random (a tiny random model: it works end to end but produces meaningless text)."
+        "--model demo (a small model shipped with livesight: it answers about the built-in demo scene only) "
+        "or --model tiny-random (random weights: it works end to end but produces meaningless text)."
     )
     if constants.HF_HUB_OFFLINE:
         raise ModelUnavailable(
@@ -163,7 +166,16 @@ def load_model(model_id: str, placement: Placement, *, seed: int = 0) -> ModelAd
     if builtin is not None:
         model_type, size = builtin
         return build_random(family(model_type), size, placement, seed=seed, model_id=model_id)
-    path = resolve_model_dir(model_id)
+    if model_id == DEMO:
+        if not (DEMO_DIR / "model.safetensors").is_file():
+            raise ModelUnavailable(
+                f"the demo model's files are missing from {DEMO_DIR}: reinstall livesight, or regenerate them with "
+                "python -m train.demo_model",
+                retryable=False,
+            )
+        path = str(DEMO_DIR)
+    else:
+        path = resolve_model_dir(model_id)
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
@@ -178,4 +190,5 @@ def load_model(model_id: str, placement: Placement, *, seed: int = 0) -> ModelAd
         ) from None
     model = _from_pretrained(getattr(transformers, spec.model_class), path, placement)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return spec.adapter(model, tokenizer, model_id, default_budget=spec.default_budget, **_normalisation(path, spec))
+    budget = TINY_BUDGET if model_id == DEMO else spec.default_budget
+    return spec.adapter(model, tokenizer, model_id, default_budget=budget, **_normalisation(path, spec))

@@ -30,6 +30,10 @@ TINY_BUDGET = 1024
 #: real-size one.
 ALIASES = {"tiny-random": "tiny-random-smolvlm", "random-smolvlm2-256m": "random-smolvlm"}
 TINY_PREFIX, REAL_PREFIX = "tiny-random-", "random-"
+#: The demo model: a small SmolVLM trained in this repository on the built-in demo scene (train/demo_model.py),
+#: shipped in ``models/demo`` and loaded with ``from_pretrained`` like a downloaded model, at the tiny budget.
+DEMO = "demo"
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
 
 _FAMILIES_DIR = Path(__file__).resolve().parent / "families"
 
@@ -88,7 +92,7 @@ def family(model_type: str) -> FamilySpec:
 
 def builtin_names() -> tuple[str, ...]:
     """Every built-in model name: random weights built in code, nothing downloaded."""
-    names = [*ALIASES]
+    names = [DEMO, *ALIASES]
     for t in model_types():
         names += [TINY_PREFIX + t, REAL_PREFIX + t]
     return tuple(names)

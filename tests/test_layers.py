@@ -21,6 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "cluster": {"errors", "memory", "stream", "models", "engine", "store"},
     "web": {"errors", "memory", "stream", "models", "engine", "store"},
     "livesight": {"errors", "memory", "stream", "models", "engine", "cluster", "web", "store"},
+    # beside the served layers: trains the demo model through the real memory, adapter and engine rules
+    "train": {"errors", "memory", "stream", "models", "engine"},
 }
 
 
