@@ -12,7 +12,6 @@ from datetime import timezone
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.engine import wants_detail
 from errors import ModelUnavailable
@@ -135,18 +134,3 @@ def test_it_answers_about_now_on_held_out_scene_times(demo: SmolVLMAdapter, kind
     every = right[True] + right[False]
     assert sum(every) >= 0.95 * len(every), wrong
     assert sum(right[True]) >= 0.9 * len(right[True]), wrong
-
-
-@torch.inference_mode()
-def test_when_the_star_last_appeared_is_read_from_the_memory_labels(demo: SmolVLMAdapter) -> None:
-    now = HELD_OUT + 600 + 30  # 10 s after the star went away
-    memory = _memory(demo, HELD_OUT + 500, now)
-    segments = memory.segments()
-    prefix = demo.build_prefix(segments)
-    text = _answer(demo, prefix, "When did the star last appear?", now)
-    spans = [Span(s.start, s.end, *span_times(s, UTC)) for s in segments]
-    q = Asker(spans, float(now), lambda t: wall_clock(WALL0 + t, UTC), float(HELD_OUT + 500)).past_last(
-        random.Random(0)
-    )
-    assert q is not None
-    assert q.check(text), (q.answer, text)
