@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from engine.engine import Engine, EngineSettings
 from engine.observer import EngineObserver
 from errors import ConfigError
@@ -33,6 +35,7 @@ class EngineRecipe:
     model: str
     settings: EngineSettings = field(default_factory=EngineSettings)
     device: str = "auto"  # auto, cpu, cuda or cuda:N
+    torch_threads: int | None = None  # torch's CPU threads in this process; None: torch's choice
     load_4bit: bool = False
     lossless: bool = False  # files and the demo read as fast as the model ingests (--fast)
     data_dir: str | None = None  # the archive's directory; None: no archive
@@ -43,6 +46,11 @@ class EngineRecipe:
 async def load_adapter(recipe: EngineRecipe) -> ModelAdapter:
     """The model on its device (blocking work in a thread). Raises :class:`~errors.ModelUnavailable` and
     :class:`~errors.ConfigError`."""
+    if recipe.torch_threads is not None:
+        # Process-wide, before the model loads. On a 2-core machine with 32 cameras, torch's second thread
+        # spun waiting for the first while the readers needed the core: 24 cameras within 2 s against 36
+        # with one thread (bench/scale.py, docs/benchmarks.md).
+        torch.set_num_threads(recipe.torch_threads)
     placement = choose_placement(recipe.device, load_4bit=recipe.load_4bit)
     log.info("loading model %s on %s", recipe.model, placement.describe())
     adapter = await asyncio.to_thread(load_model, recipe.model, placement)

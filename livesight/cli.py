@@ -158,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     s.add_argument(
+        "--torch-threads",
+        type=int,
+        metavar="N",
+        help="torch's CPU threads (default: torch's choice, one per core); 1 when many cameras share a small "
+        "CPU: idle torch threads spin while the cameras' readers need the cores (docs/benchmarks.md)",
+    )
+    s.add_argument(
         "--load-4bit",
         action="store_true",
         help="load the model's weights in 4 bits (CUDA; needs pip install 'livesight[bnb]')",
@@ -322,6 +329,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "port": args.port,
         "token": token,
         "device": args.device,
+        "torch_threads": args.torch_threads,
         "budget": args.budget,
         "load_4bit": args.load_4bit,
         "lossless": args.fast,

@@ -35,6 +35,7 @@ class ServeConfig(BaseModel):
         default_factory=list, description="names clients reach this server by (Host headers); IPs and localhost always"
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    torch_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; None: torch's choice")
     load_4bit: bool = Field(False, description="4-bit weights through bitsandbytes (CUDA, the bnb extra)")
     budget: int | None = Field(None, ge=64, le=1_000_000, description="in-context visual tokens per stream")
     lossless: bool = Field(

@@ -67,6 +67,7 @@ async def serve(cfg: ServeConfig, *, stop: asyncio.Event | None = None) -> None:
                 captions=tuple(cfg.captions.items()),
             ),
             device=cfg.device,
+            torch_threads=cfg.torch_threads,
             load_4bit=cfg.load_4bit,
             lossless=cfg.lossless,
             data_dir=cfg.data_dir,

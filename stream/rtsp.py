@@ -17,7 +17,12 @@ the hundred thousand per second and fell behind (measured: bench/ingest.py, docs
 Keyframes only: when every keyframe interval seen on this connection is at most the sampling period
 (5% slack), each sampling slot still gets a frame within one period, so the decoder skips every
 non-keyframe (``skip_frame = "NONKEY"``, ~4% of a core instead of ~14% for 1080p30). The rule is
-checked again at every keyframe, so a camera whose GOP grows goes back to full decoding.
+checked again at every keyframe, so a camera whose GOP grows goes back to full decoding. It starts
+optimistic, keyframes only from the first keyframe: learning the GOP by decoding everything first cost
+every connection two seconds of full 1080p decoding, and 32 cameras connecting together (a restart, a
+network blip) fell ~8 s behind live for their first seconds (bench/ingest.py). The packets since the last
+keyframe are held meanwhile; a packet more than a sampling period past it shows the GOP is longer, and
+the decoder is reset and decodes the held packets in full, so no sampling slot goes without its frame.
 
 Transport (``tcp``, ``udp`` or ``auto``): ``auto`` lets FFmpeg fall back at SETUP, where a camera that
 cannot stream one way says so (461 Unsupported Transport): ``rtsp_transport=tcp+udp`` with
@@ -63,6 +68,9 @@ log = logging.getLogger("stream.rtsp")
 DecodeMode = Literal["auto", "all", "keyframes"]
 
 #: Fast open: a small probe and no duration analysis cut opening from ~1.0 s to ~0.35 s (measured).
+#: Packets held while decoding keyframes only on trial: one GOP of a 1080p30 camera at 0.1 fps is 300.
+MAX_HELD = 1024
+
 OPEN_OPTIONS = {"probesize": "32768", "analyzeduration": "0", "fpsprobesize": "0"}
 
 
@@ -102,6 +110,11 @@ class KeyframeRule:
         self._gaps: deque[float] = deque(maxlen=window)
 
     @property
+    def unseen(self) -> bool:
+        """No keyframe time recorded yet."""
+        return self._last is None
+
+    @property
     def longest_gap(self) -> float:
         """The longest recent keyframe interval in seconds (0 before two keyframes)."""
         return max(self._gaps, default=0.0)
@@ -113,8 +126,17 @@ class KeyframeRule:
         self._last = t
         if self.mode != "auto":
             return self.mode == "keyframes"
-        # Two intervals at least: one interval cannot tell a regular GOP from a lucky pair.
-        return len(self._gaps) >= 2 and max(self._gaps) <= self.period * 1.05
+        # Optimistic: keyframes only until an interval longer than the period is seen (the reader
+        # holds the packets since the keyframe and replays them in full if it is; see the module doc).
+        return max(self._gaps, default=0.0) <= self.period * 1.05
+
+    def overruns(self, t: float) -> bool:
+        """Whether a packet at stream time ``t`` lies past the sampling period from the last keyframe: the
+        GOP is longer than the period (recorded as a gap of at least that length)."""
+        if self._last is None or t - self._last <= self.period * 1.05:
+            return False
+        self._gaps.append(t - self._last)
+        return True
 
 
 class Timeline:
@@ -122,15 +144,25 @@ class Timeline:
 
     Capture times follow the camera's clock from the connection's first frame, not our arrival times,
     so a reader that falls behind shows up as frame age; they are never in the future. Frames without a
-    timestamp (the first one often has none) are placed at their arrival.
+    timestamp (the first one often has none) are placed at their arrival; the first stamped frame after
+    one is placed at least ``interval`` (one frame, when the stream says its rate) after it: frames arrive
+    in bursts at connect, and anchoring the camera clock on a burst put every later frame a little early,
+    which made the sampler miss a whole GOP's slot when decoding keyframes only.
     """
 
-    def __init__(self, pts0: float, clock0: float, wall0: float) -> None:
+    def __init__(self, pts0: float, clock0: float, wall0: float, interval: float = 0.0) -> None:
         self._pts0 = pts0  # source time of the connection's first frame
         self._clock0 = clock0
         self._wall0 = wall0
+        self._interval = interval
         self._t0: float | None = None  # camera time of the first frame; learnt from the first stamped one
         self._started = False
+
+    def anchor(self, t: float) -> None:
+        """The camera time of an unstamped first frame, learnt from the packets after it (keyframes only:
+        the next decoded frame may be a GOP later, too late to anchor on its arrival)."""
+        if self._started and self._t0 is None:
+            self._t0 = t
 
     def place(self, t: float | None, now: float, wall: float) -> tuple[float, float]:
         """``(pts, captured_at)`` for a frame with camera time ``t`` (seconds or None) decoded at ``now``."""
@@ -138,7 +170,7 @@ class Timeline:
             self._started = True
             self._t0 = t
         elif t is not None and self._t0 is None:
-            self._t0 = t - (now - self._clock0)
+            self._t0 = t - max(now - self._clock0, self._interval)
         offset = now - self._clock0 if t is None or self._t0 is None else max(0.0, t - self._t0)
         return self._pts0 + offset, min(wall, self._wall0 + offset)
 
@@ -192,6 +224,7 @@ class RtspSource(ThreadedSource):
         self._decoded = 0  # frames decoded on the current connection
         self._origin: float | None = None  # clock() at the first frame ever: pts 0
         self.keyframes_only = False  # what the decoder does right now (read by benchmarks)
+        self.replays = 0  # GOPs decoded again in full after keyframes only proved too sparse (tests)
 
     def _run(self) -> None:
         attempt = 0
@@ -265,6 +298,8 @@ class RtspSource(ThreadedSource):
         # more CPU (bench/ingest.py).
         ctx.thread_count = 1
         base = vstream.time_base
+        rate = vstream.average_rate or vstream.guessed_rate
+        interval = 1.0 / float(rate) if rate else 0.0
         # A new decoder decodes everything unless told to skip from the start.
         self.keyframes_only = self._decode == "keyframes"
         if self.keyframes_only:
@@ -272,6 +307,8 @@ class RtspSource(ThreadedSource):
         last_frame = self._clock()  # the watchdog's reference: the open counts as progress
         timeline: Timeline | None = None
         orienter = Orienter()  # per connection: a camera's orientation SEI repeats with its keyframes
+        held: list[Any] = []  # packets since the last keyframe while skipping on trial (auto)
+        unplaced = False  # the first keyframe had no time; the next packet with one places it
         for packet in container.demux(vstream):
             if self._stop.is_set():
                 return
@@ -280,19 +317,41 @@ class RtspSource(ThreadedSource):
             limit = self._stall_timeout + (rule.longest_gap if self.keyframes_only else 0.0)
             if now - last_frame > limit:
                 raise SourceError(f"no frame from {self.display_url} for {now - last_frame:.1f} s", retryable=True)
-            if packet.is_keyframe and packet.pts is not None and base is not None:
-                skip = rule.keyframe(float(packet.pts * base))
+            t = float(packet.pts * base) if packet.pts is not None and base is not None else None
+            if t is not None and unplaced:  # the first keyframe had no time: one frame before this packet
+                unplaced = False
+                rule.keyframe(t - interval)
+                if timeline is not None:
+                    timeline.anchor(t - interval)
+            decode: list[Any] = [packet]
+            if packet.is_keyframe and t is None and self._decode == "auto" and rule.unseen:
+                # The connection's first packet often has no time: try keyframes only from it as well.
+                ctx.skip_frame = "NONKEY"
+                self.keyframes_only = unplaced = True
+                held = [packet]
+            elif packet.is_keyframe and t is not None:
+                skip = rule.keyframe(t)
                 if skip != self.keyframes_only:  # switch only at a keyframe, where both modes agree
                     ctx.skip_frame = "NONKEY" if skip else "DEFAULT"
                     self.keyframes_only = skip
-            for frame in packet.decode():
+                held = [packet] if skip and self._decode == "auto" else []
+            elif held:
+                held.append(packet)
+                if (t is not None and rule.overruns(t)) or len(held) > MAX_HELD:
+                    # The GOP is longer than the sampling period: decode it again, in full.
+                    ctx.flush_buffers()
+                    ctx.skip_frame = "DEFAULT"
+                    self.keyframes_only = False
+                    decode, held = held, []
+                    self.replays += 1
+            for frame in (f for p in decode for f in p.decode()):
                 self._decoded += 1
                 orienter.update(frame)
                 now = last_frame = self._clock()
                 if timeline is None:
                     self._on_first_frame(now)
                     assert self._origin is not None
-                    timeline = Timeline(now - self._origin, now, self._wall())
+                    timeline = Timeline(now - self._origin, now, self._wall(), interval)
                 pts, captured_at = timeline.place(frame.time, now, self._wall())
                 if not self._sampler.due(pts):
                     continue

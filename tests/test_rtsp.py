@@ -22,15 +22,27 @@ async def first(source: RtspSource) -> Frame:
     return await anext(aiter(source))
 
 
-def test_keyframes_only_needs_two_keyframe_gaps_within_the_period() -> None:
+def test_keyframes_only_until_a_keyframe_gap_exceeds_the_period() -> None:
     rule = KeyframeRule(period=1.0, mode="auto")
-    assert [rule.keyframe(t) for t in (0.0, 1.0, 2.0, 3.0)] == [False, False, True, True]
+    # Optimistic from the first keyframe (the reader holds the GOP's packets in case it is wrong).
+    assert [rule.keyframe(t) for t in (0.0, 1.0, 2.0, 3.0)] == [True, True, True, True]
     assert rule.keyframe(5.0) is False  # the GOP grew past the period: decode everything again
-    assert KeyframeRule(period=0.5, mode="auto").keyframe(0.0) is False
+    assert [rule.keyframe(t) for t in (6.0, 7.0, 8.0)] == [False, False, False]  # until it leaves the window
+    assert rule.keyframe(9.0) is True
     slow = KeyframeRule(period=0.5, mode="auto")
-    assert [slow.keyframe(t) for t in (0.0, 1.0, 2.0)] == [False, False, False]
+    assert [slow.keyframe(t) for t in (0.0, 1.0, 2.0)] == [True, False, False]
     assert KeyframeRule(period=0.1, mode="keyframes").keyframe(0.0) is True
     assert KeyframeRule(period=10, mode="all").keyframe(0.0) is False
+
+
+def test_a_packet_past_the_period_from_the_keyframe_is_an_overrun_and_counts_as_a_gap() -> None:
+    rule = KeyframeRule(period=1.0, mode="auto")
+    assert rule.overruns(0.5) is False  # no keyframe yet: nothing to measure from
+    assert rule.keyframe(10.0) is True
+    assert rule.overruns(11.0) is False  # within the period (5% slack)
+    assert rule.overruns(11.1) is True
+    assert rule.longest_gap == pytest.approx(1.1)
+    assert rule.keyframe(12.0) is False  # the next keyframe keeps full decoding
 
 
 def test_timeline_places_frames_by_camera_time_and_never_in_the_future() -> None:
@@ -43,6 +55,21 @@ def test_timeline_places_frames_by_camera_time_and_never_in_the_future() -> None
     assert (pts, captured) == pytest.approx((11.04, 5001.04))
     # A camera clock running ahead is clamped to now.
     assert tl.place(9.0, now=104.0, wall=5004.0)[1] == 5004.0
+
+
+def test_the_first_stamped_frame_of_a_connect_burst_lands_a_frame_after_the_unstamped_one() -> None:
+    tl = Timeline(pts0=0.0, clock0=100.0, wall0=5000.0, interval=1 / 30)
+    assert tl.place(None, now=100.0, wall=5000.0) == (0.0, 5000.0)
+    # Arrived 1 ms later in the connect burst, but it is the next frame: 1/30 s after the first.
+    assert tl.place(1 / 30, now=100.001, wall=5000.001)[0] == pytest.approx(1 / 30)
+    # So the keyframe one second of camera time later lands on the sampler's 1 s slot, not 32 ms early.
+    assert tl.place(1.0, now=101.0, wall=5001.0)[0] == pytest.approx(1.0)
+    # Decoding keyframes only, the next decoded frame is a GOP later; the reader anchors the first frame
+    # on the packets after it instead.
+    tl = Timeline(pts0=0.0, clock0=100.0, wall0=5000.0, interval=1 / 30)
+    tl.place(None, now=100.0, wall=5000.0)
+    tl.anchor(0.0)
+    assert tl.place(1.0, now=100.77, wall=5000.77)[0] == pytest.approx(1.0)
 
 
 def test_scrub_removes_the_url_and_any_other_userinfo() -> None:

@@ -268,7 +268,10 @@ async def test_keyframes_only_when_the_sampling_rate_allows(camera: RtspServer) 
                 break
         await source.close()
         assert source.keyframes_only is expect, fps
-        gaps = [b.pts - a.pts for a, b in itertools.pairwise(frames[3:])]
+        # From the first frame: at 2 fps keyframes only (tried first) proves too sparse, and the GOP's
+        # held packets are decoded again in full, so no slot goes without its frame.
+        assert source.replays == (0 if expect else 1), fps
+        gaps = [b.pts - a.pts for a, b in itertools.pairwise(frames)]
         assert all(abs(g - 1 / fps) < 0.1 for g in gaps), gaps
 
 
