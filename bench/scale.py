@@ -10,7 +10,9 @@
   95th percentile of frames' capture-to-memory lag (``ingest_lag_p95_s_while_answering``), and without
   answers for comparison.
 - cameras: N 1080p RTSP cameras at 1 fps (GStreamer's server, bench/ingest.py) through the engine with the
-  tiny model; ``cameras_within_2s`` is the most with the lag's 95th percentile under 2 s.
+  tiny model; ``cameras_within_2s`` is the most with the lag's 95th percentile under 2 s. Run as a
+  many-camera CPU server is configured (``serve --torch-threads 1``: ``--camera-threads``, default 1; 0
+  keeps torch's choice, a third fewer cameras on 2 cores: docs/benchmarks.md).
 
 The last line is one JSON object with every number.
 """
@@ -161,6 +163,9 @@ async def main() -> None:
     ap.add_argument("--cameras", default="8,16,24,32,40", help="camera counts to try (empty: skip)")
     ap.add_argument("--camera-seconds", type=float, default=20.0)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument(
+        "--camera-threads", type=int, default=1, help="torch CPU threads for the cameras part (0: as --threads)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -180,14 +185,18 @@ async def main() -> None:
     result |= await lag_while_answering(model, 8, 4, 512, args.seconds)
     if not args.json:
         print(json.dumps(result), flush=True)
+    threads = torch.get_num_threads()  # what the answering parts ran with
     if args.cameras:
         counts = [int(c) for c in args.cameras.split(",") if c]
+        if args.camera_threads:
+            torch.set_num_threads(args.camera_threads)
         result |= await cameras(model, counts, args.camera_seconds)
+        result["camera_torch_threads"] = torch.get_num_threads()
     result["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
         "load_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result))
