@@ -352,8 +352,15 @@ async def test_a_watch_added_in_the_page_fires_and_its_alert_shows_with_its_snap
             assert await page.evaluate(NO_SIDEWAYS_SCROLL)
 
             # A page opened later lists it from `events`, snapshot and all.
-            await page.evaluate("location.reload()")
-            await page.wait_for("document.readyState === 'complete' && typeof $ === 'function'", 15, "the page")
+            # reload() only starts a navigation: the old document answers until it is replaced, so it is
+            # marked, and the wait is for a complete document without the mark (under load the old page
+            # could take the connect click and then vanish).
+            await page.evaluate("window.__before_reload = true; location.reload()")
+            await page.wait_for(
+                "!window.__before_reload && document.readyState === 'complete' && typeof $ === 'function'",
+                15,
+                "the reloaded page",
+            )
             await page.viewport(420, 800)
             await connect(page)
             await page.wait_for(f"{entry} && {entry}.querySelector('img').naturalWidth > 0", 15, "the listed alert")
