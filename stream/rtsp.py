@@ -68,10 +68,11 @@ log = logging.getLogger("stream.rtsp")
 DecodeMode = Literal["auto", "all", "keyframes"]
 
 #: Fast open: a small probe and no duration analysis cut opening from ~1.0 s to ~0.35 s (measured).
-#: Packets held while decoding keyframes only on trial: one GOP of a 1080p30 camera at 0.1 fps is 300.
-MAX_HELD = 1024
-
 OPEN_OPTIONS = {"probesize": "32768", "analyzeduration": "0", "fpsprobesize": "0"}
+
+#: Packets held while decoding keyframes only on trial (bounded): a 30 fps camera's packets over a
+#: sampling period of 10 s (0.1 fps) are 300; past the bound the held ones are decoded in full at once.
+MAX_HELD = 1024
 
 
 def read_timeout_option(seconds: float) -> dict[str, str]:
